@@ -1,0 +1,1 @@
+"""The `provision` command line: a thin layer over the package's Python API."""

@@ -1,0 +1,25 @@
+"""Entry point of `provision`: each concern registers its commands from its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from deepseek_node.cli import bundle, demo, lab, model, plan, run, serve
+
+app = typer.Typer(
+    name="provision",
+    help="Turn air-gapped bare-metal GPU servers into hardened DeepSeek inference nodes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(lab.app, name="lab")
+app.add_typer(bundle.app, name="bundle")
+app.add_typer(model.app, name="model")
+run.register(app)
+serve.register(app)
+plan.register(app)
+demo.register(app)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,30 @@
+"""`provision model` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from deepseek_node.cli.errors import fail
+
+app = typer.Typer(help="Model directories: build a tiny test model.", no_args_is_help=True)
+
+
+@app.command("make-tiny")
+def make_tiny(
+    out: Path = typer.Option(..., "--out", help="Directory to create (must be empty or absent)."),
+    arch: str = typer.Option("deepseek_v3", help="deepseek_v3 (MLA + MoE) or llama."),
+    layers: int = typer.Option(2, min=1, max=16),
+    hidden_size: int = typer.Option(64, min=16, max=1024),
+) -> None:
+    """Create a small random-weight DeepSeek-architecture model with a locally trained tokenizer."""
+    from deepseek_node.tiny_model import TinyModelSpec, make_tiny_model
+
+    if arch not in ("deepseek_v3", "llama"):
+        fail(f"--arch {arch!r} is not supported: use deepseek_v3 or llama")
+    try:
+        path = make_tiny_model(out, TinyModelSpec(arch=arch, layers=layers, hidden_size=hidden_size))  # type: ignore[arg-type]
+    except FileExistsError as exc:
+        fail(str(exc))
+    typer.echo(f"tiny {arch} model written to {path}")

@@ -1,0 +1,40 @@
+"""Where the project's Ansible content and state live.
+
+The Ansible tree (site.yml, roles/, templates/) ships beside the package in a checkout; an operator may
+point elsewhere with DEEPSEEK_NODE_HOME.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class ProjectNotFound(RuntimeError):
+    pass
+
+
+def project_root() -> Path:
+    env = os.environ.get("DEEPSEEK_NODE_HOME")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parents[1], Path.cwd()]
+    for cand in candidates:
+        if (cand / "site.yml").is_file() and (cand / "roles").is_dir():
+            return cand
+    raise ProjectNotFound(
+        "cannot find the deepseek-node Ansible tree (site.yml, roles/): run from a checkout or set "
+        "DEEPSEEK_NODE_HOME to its path"
+    )
+
+
+def templates_dir() -> Path:
+    return project_root() / "templates"
+
+
+def state_dir() -> Path:
+    """Controller-side state (lab, caches); root-owned by default since the lab needs root."""
+    return Path(os.environ.get("DEEPSEEK_NODE_STATE", "/var/lib/deepseek-node"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DEEPSEEK_NODE_CACHE", "/var/cache/deepseek-node"))

@@ -1,0 +1,1 @@
+"""Lab fixtures (session-scoped real targets)."""
