@@ -26,7 +26,13 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<｜Assistant｜>{% endif %}"
 )
-SPECIAL_TOKENS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜pad｜>", "<｜User｜>", "<｜Assistant｜>"]
+SPECIAL_TOKENS = [
+    "<｜begin▁of▁sentence｜>",
+    "<｜end▁of▁sentence｜>",
+    "<｜pad｜>",
+    "<｜User｜>",
+    "<｜Assistant｜>",
+]
 
 _CORPUS = """
 DeepSeek models serve chat completions on bare-metal servers inside air-gapped networks.
@@ -115,7 +121,9 @@ def _config(spec: TinyModelSpec, tokenizer):
         )
     from transformers import LlamaConfig
 
-    return LlamaConfig(**common, intermediate_size=spec.hidden_size * 2, num_key_value_heads=max(1, spec.heads // 2))
+    return LlamaConfig(
+        **common, intermediate_size=spec.hidden_size * 2, num_key_value_heads=max(1, spec.heads // 2)
+    )
 
 
 def make_tiny_model(out: Path, spec: TinyModelSpec | None = None) -> Path:
@@ -126,7 +134,9 @@ def make_tiny_model(out: Path, spec: TinyModelSpec | None = None) -> Path:
         raise FileExistsError(f"{out} is not empty: choose a new directory or remove it first")
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(spec.seed)

@@ -1,7 +1,95 @@
-"""`provision bundle` commands."""
+"""`provision bundle build|verify`."""
 
 from __future__ import annotations
 
-import typer
+import re
+import shutil
+from pathlib import Path
 
-app = typer.Typer(help="bundle", no_args_is_help=True)
+import typer
+from rich.console import Console
+
+from deepseek_node.cli.errors import fail
+
+app = typer.Typer(help="Offline bundle: build on the connected side, verify anywhere.", no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def build(
+    out: Path = typer.Option(
+        ..., "--out", help="Directory to write the bundle to (replaced if it is a bundle)."
+    ),
+    model_dir: Path = typer.Option(None, "--model-dir", help="Local Hugging Face model directory to ship."),
+    model_name: str = typer.Option(
+        None, "--model-name", help="Served model name (default: the directory name)."
+    ),
+    tiny_model: bool = typer.Option(
+        False, "--tiny-model", help="Ship a freshly built tiny test model instead."
+    ),
+    mirror: str = typer.Option(
+        "http://deb.debian.org/debian", help="Debian mirror reachable from this side."
+    ),
+    security_mirror: str = typer.Option("http://deb.debian.org/debian-security"),
+    suite: str = typer.Option("bookworm", help="Debian suite of the targets."),
+    apt_package: list[str] = typer.Option(
+        [], "--apt-package", help="Extra Debian package to include (repeat)."
+    ),
+) -> None:
+    """Assemble everything a target needs: signed apt repo, wheelhouse, model, manifest.json."""
+    from deepseek_node.bundle.apt import AptSource
+    from deepseek_node.bundle.build import BundleSpec, build_bundle
+    from deepseek_node.bundle.manifest import BundleError
+    from deepseek_node.paths import cache_dir, project_root
+
+    if (model_dir is None) == (not tiny_model):
+        fail("give exactly one of --model-dir DIR (a local checkpoint) or --tiny-model")
+    if tiny_model:
+        model_dir = _tiny(cache_dir())
+        model_name = model_name or "deepseek-tiny"
+    assert model_dir is not None
+    model_name = model_name or model_dir.resolve().name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", model_name):
+        fail(f"--model-name {model_name!r} is invalid: use letters, digits, '.', '_' or '-' (max 64)")
+    spec = BundleSpec(
+        out=out.resolve(),
+        project_root=project_root(),
+        model_dir=model_dir.resolve(),
+        model_name=model_name,
+        cache=cache_dir() / "bundle",
+        apt_source=AptSource(mirror=mirror, security_mirror=security_mirror, suite=suite),
+        extra_apt_packages=tuple(apt_package),
+    )
+    try:
+        build_bundle(spec, progress=lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
+    except BundleError as exc:
+        fail(str(exc))
+    console.print(f"[green]bundle written:[/] {spec.out}")
+
+
+def _tiny(cache: Path) -> Path:
+    """The tiny model is deterministic (fixed seed), so one cached copy serves every build."""
+    from deepseek_node.tiny_model import make_tiny_model
+
+    path = cache / "tiny-model" / "deepseek-tiny"
+    if not (path / "config.json").is_file():
+        staging = path.with_name(path.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        make_tiny_model(staging)
+        shutil.rmtree(path, ignore_errors=True)
+        staging.rename(path)
+    return path
+
+
+@app.command()
+def verify(bundle_dir: Path = typer.Argument(..., help="The bundle directory.")) -> None:
+    """Check every file against manifest.json; report missing, extra or altered files by name."""
+    from deepseek_node.bundle.manifest import BundleError, verify_bundle
+
+    try:
+        report = verify_bundle(bundle_dir)
+    except BundleError as exc:
+        fail(str(exc))
+    if not report.ok:
+        fail(report.summary(), code=1)
+    console.print(f"[green]{report.summary()}[/]")

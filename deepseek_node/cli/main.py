@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from deepseek_node.cli import bundle, demo, lab, model, plan, run, serve
+from deepseek_node.cli.errors import fail
 
 app = typer.Typer(
     name="provision",
@@ -21,5 +22,17 @@ serve.register(app)
 plan.register(app)
 demo.register(app)
 
+
+
+def main() -> None:
+    """Console entry: errors every command can hit are reported as one clear line, not a traceback."""
+    from deepseek_node.paths import ProjectNotFound
+
+    try:
+        app()
+    except ProjectNotFound as exc:
+        fail(str(exc))
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -1,0 +1,159 @@
+"""Bundle manifest: every file with its size and sha256; verification reports problems by name.
+
+Standard library only, on purpose: the offline_repo role copies this very file to targets and runs it
+with the system python3 to re-verify the bundle there, before anything is installed from it.
+Usage as a script: python3 manifest.py verify BUNDLE_DIR [--subset=PREFIX ...]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+_CHUNK = 1 << 20
+
+
+class BundleError(Exception):
+    """A bundle that cannot be used; the message names the problem and the fix."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_files(root: Path) -> list[str]:
+    """Relative POSIX paths of every regular file below root, except the manifest itself."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel != MANIFEST:
+                out.append(rel)
+    return sorted(out)
+
+
+def describe_files(root: Path) -> dict[str, dict[str, object]]:
+    return {
+        rel: {"size": (root / rel).stat().st_size, "sha256": sha256_file(root / rel)}
+        for rel in list_files(root)
+    }
+
+
+def write_manifest(root: Path, meta: dict[str, object]) -> dict[str, object]:
+    manifest = {"format": FORMAT, **meta, "files": describe_files(root)}
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(root / MANIFEST)
+    return manifest
+
+
+def load_manifest(root: Path) -> dict:
+    path = Path(root) / MANIFEST
+    if not Path(root).is_dir():
+        raise BundleError(
+            f"{root} is not a directory: pass the directory that `provision bundle build` wrote"
+        )
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: this is not a bundle, or it is incomplete; rebuild it")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(
+            f"{path} is not valid JSON ({exc}): the manifest is corrupt; rebuild the bundle"
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
+        raise BundleError(
+            f"{path} is not a format-{FORMAT} bundle manifest: rebuild the bundle with this version"
+        )
+    for rel, entry in data["files"].items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("size"), int)
+            or not isinstance(entry.get("sha256"), str)
+            or rel.startswith("/")
+            or ".." in Path(rel).parts
+        ):
+            raise BundleError(
+                f"{path}: entry {rel!r} is malformed: the manifest is corrupt; rebuild the bundle"
+            )
+    return data
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    altered: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.altered)
+
+    def problems(self) -> list[str]:
+        return (
+            [f"missing: {p}" for p in self.missing]
+            + [f"not in manifest: {p}" for p in self.extra]
+            + [f"altered (size or sha256 differs): {p}" for p in self.altered]
+        )
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"bundle OK: {self.checked} files match the manifest"
+        return (
+            f"bundle FAILED verification ({len(self.problems())} problems); nothing may be installed from it. "
+            "Rebuild it or copy it again from its source:\n  " + "\n  ".join(self.problems())
+        )
+
+
+def verify_bundle(root: Path, subsets: tuple[str, ...] = ()) -> VerifyReport:
+    """Compare the tree with its manifest; `subsets` restricts the check to path prefixes (e.g. 'apt/')."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    expected: dict[str, dict] = manifest["files"]
+
+    def wanted(rel: str) -> bool:
+        return not subsets or any(rel.startswith(s) for s in subsets)
+
+    report = VerifyReport()
+    present = {rel for rel in list_files(root) if wanted(rel)}
+    for rel in sorted(rel for rel in expected if wanted(rel)):
+        if rel not in present:
+            report.missing.append(rel)
+            continue
+        report.checked += 1
+        path = root / rel
+        entry = expected[rel]
+        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            report.altered.append(rel)
+    report.extra = sorted(present - set(expected))
+    return report
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] != "verify":
+        print("usage: manifest.py verify BUNDLE_DIR [--subset=PREFIX ...]", file=sys.stderr)
+        return 2
+    subsets = tuple(a.split("=", 1)[1] for a in argv[2:] if a.startswith("--subset="))
+    try:
+        report = verify_bundle(Path(argv[1]), subsets)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,320 @@
+"""The daemon's configuration: one YAML file, rendered by the Ansible role, validated strictly.
+
+Unknown keys are errors naming the key (a typo must not silently fall back to a default on a production
+node), except inside the free-form `plan` section, which carries the planner's decision and reasons and is
+only logged. The same model is built in Python by `provision serve`, so both paths share one validation.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ApiKeyConfig",
+    "AuditConfig",
+    "AuthConfig",
+    "ConfigError",
+    "DType",
+    "DaemonConfig",
+    "Device",
+    "EngineBackend",
+    "EngineConfig",
+    "ModelConfig",
+    "Quantization",
+    "Scope",
+    "ServerConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key and how to fix it."""
+
+
+class DType(str, Enum):
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class Quantization(str, Enum):
+    NONE = "none"
+    INT8 = "int8"
+    INT4 = "int4"
+    FP8 = "fp8"
+
+
+class Device(str, Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Scope(str, Enum):
+    INFERENCE = "inference"
+    METRICS = "metrics"
+    ADMIN = "admin"
+
+
+class EngineBackend(str, Enum):
+    """Which batching loop drives the model.
+
+    `continuous_batching` is transformers' own paged-KV manager; `step` is this package's batched decode loop
+    over the model's regular KV cache, for architectures the paged cache cannot hold (DeepSeek's MLA caches
+    compressed latents whose shape the paged allocator rejects). `auto` tries the former and falls back.
+    """
+
+    AUTO = "auto"
+    CONTINUOUS_BATCHING = "continuous_batching"
+    STEP = "step"
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_KEY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    # forbid: unknown keys are errors; strict: "8443" is not a port, "yes" is not a bool.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_enum_values=False)
+
+
+class ModelConfig(_Strict):
+    path: Path
+    served_name: str
+    dtype: DType = DType.AUTO
+    quantization: Quantization = Quantization.NONE
+    device: Device = Device.AUTO
+    tensor_parallel: int = Field(1, ge=1, le=64)
+    pipeline_parallel: int = Field(1, ge=1, le=64)
+    max_context: int = Field(2048, ge=16, le=1_048_576)
+
+    @field_validator("served_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("must be 1-128 characters of letters, digits and ._:/- (it is the API's model id)")
+        return v
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        # YAML gives a str; strict mode would refuse it for a Path, so convert explicitly here.
+        return Path(v) if isinstance(v, str) else v
+
+    @field_validator("dtype", "quantization", "device", mode="before")
+    @classmethod
+    def _enum(cls, v: Any, info: Any) -> Any:
+        enum = {"dtype": DType, "quantization": Quantization, "device": Device}[info.field_name]
+        if isinstance(v, str):
+            try:
+                return enum(v)
+            except ValueError:
+                allowed = "|".join(e.value for e in enum)
+                raise ValueError(f"{v!r} is not one of {allowed}") from None
+        return v
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8443, ge=0, le=65535)  # 0 = any free port (tests)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Requests larger than this are refused with 413 before they are parsed.
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return Path(v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both (HTTPS) or neither (plain HTTP)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+class EngineConfig(_Strict):
+    max_running: int = Field(16, ge=1, le=4096)
+    max_queue: int = Field(64, ge=0, le=1_000_000)
+    default_max_tokens: int = Field(256, ge=1)
+    shutdown_grace_s: float = Field(30, ge=0, le=3600)
+    # Optional tuning; the Ansible role does not have to render these.
+    backend: EngineBackend = EngineBackend.AUTO
+    max_batch_tokens: int = Field(2048, ge=16)  # prompt tokens prefilled in one step
+    kv_page_size: int = Field(32, ge=4)  # paged-KV page (continuous_batching backend)
+    kv_cache_blocks: int | None = Field(None, ge=1)  # None: enough for max_running full contexts
+    warmup: bool = True
+    retry_after_s: int = Field(1, ge=1, le=3600)
+    seed: int | None = None  # engine-wide sampling seed for requests without one (None: random)
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return EngineBackend(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not one of {'|'.join(e.value for e in EngineBackend)}") from None
+        return v
+
+    @field_validator("shutdown_grace_s", mode="before")
+    @classmethod
+    def _grace(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class ApiKeyConfig(_Strict):
+    id: str
+    sha256: str
+    scopes: list[Scope] = Field(min_length=1)
+    models: list[str] = Field(default_factory=list)  # empty = every served model
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _KEY_ID_RE.match(v):
+            raise ValueError("must be 1-64 characters of letters, digits and ._- (it appears in audit lines)")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _hash(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("must be the 64-hex-digit SHA-256 of the key (`printf %s KEY | sha256sum`)")
+        return v
+
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _scopes(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            out = []
+            for s in v:
+                try:
+                    out.append(Scope(s) if isinstance(s, str) else s)
+                except ValueError:
+                    raise ValueError(f"{s!r} is not a scope: use inference, metrics or admin") from None
+            return out
+        return v
+
+
+class AuthConfig(_Strict):
+    api_keys: list[ApiKeyConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthConfig:
+        ids = [k.id for k in self.api_keys]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"api key ids must be unique; repeated: {', '.join(sorted(dup))}")
+        hashes = [k.sha256 for k in self.api_keys]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("two api keys have the same sha256: each key must be distinct")
+        return self
+
+
+class AuditConfig(_Strict):
+    path: Path | None = None  # None: JSON lines on stdout (the journal)
+    log_content: bool = False
+    redact: bool = True
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return Path(v) if isinstance(v, str) else v
+
+
+class DaemonConfig(_Strict):
+    model: ModelConfig
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    auth: AuthConfig
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    plan: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cross(self) -> DaemonConfig:
+        if self.engine.default_max_tokens >= self.model.max_context:
+            raise ValueError(
+                f"engine.default_max_tokens ({self.engine.default_max_tokens}) must be below model.max_context "
+                f"({self.model.max_context}) so a prompt still fits"
+            )
+        for key in self.auth.api_keys:
+            unknown = [m for m in key.models if m != self.model.served_name]
+            if unknown:
+                raise ValueError(
+                    f"auth.api_keys[{key.id}].models names {', '.join(unknown)}, but this node serves only "
+                    f"{self.model.served_name!r}"
+                )
+        return self
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys accepted at `loc` (for the 'unknown key' message), or None if it cannot be resolved."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", None)
+        if args:  # list[X] / X | None
+            ann = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+        current = ann
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return None
+
+
+def _format(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(DaemonConfig, loc)
+            hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+            lines.append(f"{where}: unknown key{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"{where}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where or '(top level)'}: {msg}")
+    return f"{source}: invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> DaemonConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with model, server, engine, auth, audit, plan")
+    try:
+        return DaemonConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, source)) from None
+
+
+def load_config(path: str | Path) -> DaemonConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path))

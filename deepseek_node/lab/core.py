@@ -1,0 +1,286 @@
+"""The Lab: a set of throwaway Debian 12 targets (systemd-nspawn containers) reachable over ssh as root."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepseek_node import paths
+from deepseek_node.lab import host as hostmod
+from deepseek_node.lab.errors import LabError, UnknownHostError
+from deepseek_node.lab.host import HostDir
+from deepseek_node.lab.inventory import render_inventory, write_atomic
+from deepseek_node.lab.network import (
+    Addressing,
+    addressing,
+    parse_index,
+    validate_count,
+    validate_prefix,
+    validate_subnet,
+)
+from deepseek_node.lab.rootfs import ensure_rootfs
+
+log = logging.getLogger(__name__)
+
+REQUIRED_TOOLS = {
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "ip": "iproute2",
+    "mount": "mount",
+}
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: str
+    controller_address: str
+    pid: int  # the host's supervisor (stable across guest reboots)
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    name: str
+    address: str
+    pid: int | None
+    running: bool
+    ssh_ok: bool
+
+
+def check_prerequisites() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (it mounts overlays and boots containers): run it as root or with sudo")
+    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        raise LabError(f"missing tools; install them with: apt-get install -y {' '.join(missing)}")
+
+
+class Lab:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        inventory_dir: Path | None = None,
+        prefix: str = "dsn",
+        subnet: str = "10.77",
+    ) -> None:
+        validate_prefix(prefix)
+        validate_subnet(subnet)
+        self.state_dir = Path(state_dir) if state_dir else paths.state_dir() / "lab"
+        self._inventory_dir = Path(inventory_dir) if inventory_dir else None
+        self.prefix = prefix
+        self.subnet = subnet
+
+    # --- paths ---
+
+    @property
+    def inventory_path(self) -> Path:
+        inv = self._inventory_dir or paths.project_root() / "inventories" / "lab"
+        return inv / "hosts.yml"
+
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / "id_ed25519"
+
+    @property
+    def known_hosts_path(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    @property
+    def _hosts_root(self) -> Path:
+        return self.state_dir / "hosts"
+
+    def _hostdir(self, name: str) -> HostDir:
+        return HostDir(self._hosts_root / name)
+
+    def _existing(self) -> list[HostDir]:
+        """Host dirs of this lab (any state), in index order."""
+        if not self._hosts_root.is_dir():
+            return []
+        found = [
+            (idx, HostDir(d))
+            for d in self._hosts_root.iterdir()
+            if d.is_dir() and (idx := parse_index(self.prefix, d.name)) is not None
+        ]
+        return [hd for _, hd in sorted(found, key=lambda t: t[0])]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with (self.state_dir / ".lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # --- lifecycle ---
+
+    def up(self, count: int = 1, timeout: float = 90.0) -> list[LabHost]:
+        """Make exactly `count` hosts run: keep healthy ones, replace dead ones, stop extra ones."""
+        validate_count(count)
+        validate_prefix(self.prefix, count)
+        check_prerequisites()
+        rootfs = ensure_rootfs()
+        with self._locked():
+            pubkey = hostmod.ensure_client_key(self.key_path)
+            wanted = [addressing(self.prefix, self.subnet, i) for i in range(1, count + 1)]
+            wanted_names = {a.name for a in wanted}
+            self._stop([hd for hd in self._existing() if hd.name not in wanted_names])
+            pids: dict[str, int] = {}
+            for addr in wanted:
+                hd = self._hostdir(addr.name)
+                pid = hostmod.supervisor_pid(hd)
+                if pid is not None and hd.read_meta() == addr:
+                    log.info("%s is running (pid %d)", addr.name, pid)
+                    pids[addr.name] = pid
+                    continue
+                if hd.root.exists():
+                    log.info("%s: cleaning up stale state", addr.name)
+                    self._stop([hd])
+                log.info("booting %s at %s", addr.name, addr.address)
+                pids[addr.name] = hostmod.start(hd, addr, rootfs, pubkey)
+            self._write_known_hosts()
+            self._wait_ssh(wanted, timeout)
+            write_atomic(
+                self.inventory_path, render_inventory(wanted, self.key_path.resolve(), self.known_hosts_path)
+            )
+        return [LabHost(a.name, a.address, a.controller_address, pids[a.name]) for a in wanted]
+
+    def down(self) -> None:
+        """Stop every host and remove its overlay, mounts and veth link; remove the inventory. Idempotent."""
+        with self._locked():
+            self._stop(self._existing())
+            self.inventory_path.unlink(missing_ok=True)
+            if self.known_hosts_path.exists():
+                self._write_known_hosts()
+
+    def _stop(self, hds: list[HostDir]) -> None:
+        # Signal all first, then wait: hosts power off in parallel (~1.5 s each otherwise).
+        waits = [(hd, hostmod.signal_stop(hd)) for hd in hds]
+        for hd, pids in waits:
+            hostmod.wait_stopped(hd, pids)
+            hostmod.cleanup(hd)
+            log.info("%s stopped", hd.name)
+
+    def _write_known_hosts(self) -> None:
+        lines = []
+        for hd in self._existing():
+            addr = hd.read_meta()
+            if addr and hd.host_pubkey.is_file():
+                key = " ".join(hd.host_pubkey.read_text().split()[:2])
+                lines.append(f"{addr.name},{addr.address} {key}\n")
+        write_atomic(self.known_hosts_path, "".join(lines), 0o600)
+
+    def _wait_ssh(self, hosts: list[Addressing], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(hosts)
+        while pending:
+            for addr in list(pending):
+                hd = self._hostdir(addr.name)
+                if hostmod.supervisor_pid(hd) is None:
+                    raise LabError(
+                        f"{addr.name} stopped while booting; its console log ({hd.log}) ends with:\n"
+                        f"{hd.log_tail()}\nRun `provision lab down` and try again."
+                    )
+                if _port_open(addr.address, 22) and self._ssh_ok(addr):
+                    pending.remove(addr)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(a.name for a in pending)
+                hd = self._hostdir(pending[0].name)
+                raise LabError(
+                    f"sshd did not answer on {names} within {timeout:.0f} s; {pending[0].name}'s console log "
+                    f"({hd.log}) ends with:\n{hd.log_tail()}"
+                )
+            if pending:
+                time.sleep(0.1)
+
+    # --- inspection and access ---
+
+    def names(self) -> list[str]:
+        return [hd.name for hd in self._existing()]
+
+    def status(self) -> list[HostStatus]:
+        def one(hd: HostDir) -> HostStatus:
+            addr = hd.read_meta()
+            pid = hostmod.supervisor_pid(hd)
+            ok = bool(pid and addr and _port_open(addr.address, 22) and self._ssh_ok(addr))
+            return HostStatus(hd.name, addr.address if addr else "?", pid, pid is not None, ok)
+
+        hds = self._existing()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(one, hds))
+
+    def _addr(self, name: str) -> Addressing:
+        addr = self._hostdir(name).read_meta() if parse_index(self.prefix, name) else None
+        if addr is None:
+            raise UnknownHostError(name, self.names())
+        return addr
+
+    def _ssh_base(self, addr: Addressing) -> list[str]:
+        return [
+            "ssh",
+            "-i",
+            str(self.key_path),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts_path}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+            f"root@{addr.address}",
+        ]
+
+    def ssh_argv(self, name: str) -> list[str]:
+        """Full ssh command line to the host (append a command, or run as is for a shell)."""
+        return self._ssh_base(self._addr(name))
+
+    def _ssh_ok(self, addr: Addressing) -> bool:
+        argv = self._ssh_base(addr)
+        argv[1:1] = ["-o", "BatchMode=yes"]
+        try:
+            return subprocess.run(argv + ["true"], capture_output=True, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def run(
+        self, name: str, command: str | list[str], check: bool = True, timeout: float | None = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a shell command on the host as root over ssh; text output captured."""
+        remote = command if isinstance(command, str) else shlex.join(command)
+        argv = self.ssh_argv(name)
+        argv[1:1] = ["-o", "BatchMode=yes"]
+        return subprocess.run(
+            [*argv, "--", remote],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def _port_open(address: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,123 @@
+"""Lab naming and addressing (pure), plus the host side of each target's veth link.
+
+Isolation design: a target's only interface is its veth `host0`, configured with a /24 address and no gateway,
+so inside it there is no route except to its own /24 (its controller address). The host keeps the other
+side `ve-NAME` with forwarding disabled *on that interface* (net.ipv4.conf.ve-NAME.forwarding=0) and IPv6 off,
+so even a target that adds a route itself cannot be forwarded anywhere. That is a kernel setting, so it
+needs neither iptables nor nft (this machine has neither).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepseek_node.lab.errors import LabError
+
+IFNAMSIZ = 15  # max interface name length; nspawn names the host side "ve-" + machine name
+MAX_NAME = IFNAMSIZ - len("ve-")
+MAX_HOSTS = 254
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9]*")
+_SUBNET_RE = re.compile(r"(\d{1,3})\.(\d{1,3})")
+
+
+@dataclass(frozen=True)
+class Addressing:
+    name: str
+    index: int
+    address: str  # the target, on its host0
+    controller_address: str  # the host side, on ve-NAME
+    prefixlen: int = 24
+
+
+def validate_prefix(prefix: str, count: int = 1) -> None:
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise ValueError(f"lab prefix {prefix!r} must be lowercase letters and digits, starting with a letter")
+    if len(machine_name(prefix, max(count, 1), check=False)) > MAX_NAME:
+        raise ValueError(f"lab prefix {prefix!r} is too long: names must fit {MAX_NAME} characters")
+
+
+def validate_subnet(subnet: str) -> None:
+    m = _SUBNET_RE.fullmatch(subnet)
+    if not m or not all(0 <= int(o) <= 255 for o in m.groups()):
+        raise ValueError(f"lab subnet {subnet!r} must be two octets like '10.77'")
+
+
+def validate_count(count: int) -> None:
+    if not 1 <= count <= MAX_HOSTS:
+        raise ValueError(f"host count must be between 1 and {MAX_HOSTS}, got {count}")
+
+
+def machine_name(prefix: str, index: int, check: bool = True) -> str:
+    if check and not 1 <= index <= MAX_HOSTS:
+        raise ValueError(f"host index must be between 1 and {MAX_HOSTS}, got {index}")
+    return f"{prefix}{index}"
+
+
+def parse_index(prefix: str, name: str) -> int | None:
+    """The index of a machine name of this lab, or None if the name is not one of ours."""
+    m = re.fullmatch(re.escape(prefix) + r"([1-9]\d{0,2})", name)
+    if not m or int(m.group(1)) > MAX_HOSTS:
+        return None
+    return int(m.group(1))
+
+
+def addressing(prefix: str, subnet: str, index: int) -> Addressing:
+    """Host i: controller SUBNET.i.1/24 and target SUBNET.i.2/24, one /24 per host so targets share nothing."""
+    validate_subnet(subnet)
+    return Addressing(
+        name=machine_name(prefix, index),
+        index=index,
+        address=f"{subnet}.{index}.2",
+        controller_address=f"{subnet}.{index}.1",
+    )
+
+
+def veth_name(name: str) -> str:
+    ifname = f"ve-{name}"
+    if len(ifname) > IFNAMSIZ:
+        raise ValueError(f"machine name {name!r} is too long for an interface name")
+    return ifname
+
+
+def guest_network_unit(addr: Addressing) -> str:
+    """systemd-networkd config for the target's host0: static address, deliberately no Gateway=."""
+    return (
+        "# deepseek-node lab: static address, no gateway: the target reaches only its controller.\n"
+        "[Match]\nName=host0\n\n"
+        f"[Network]\nAddress={addr.address}/{addr.prefixlen}\n"
+        "LinkLocalAddressing=no\nIPv6AcceptRA=no\nDHCP=no\n"
+    )
+
+
+# --- host side (needs root) ---
+
+
+def link_exists(ifname: str) -> bool:
+    return Path("/sys/class/net", ifname).exists()
+
+
+def _sysctl(path: str, value: str) -> None:
+    p = Path("/proc/sys/net", path)
+    if p.exists():
+        p.write_text(value)
+
+
+def configure_host_side(ifname: str, controller_address: str, prefixlen: int = 24) -> None:
+    """Address ve-NAME, bring it up and make sure nothing arriving on it is forwarded."""
+    _sysctl(f"ipv4/conf/{ifname}/forwarding", "0")
+    _sysctl(f"ipv6/conf/{ifname}/disable_ipv6", "1")
+    for argv in (
+        ["ip", "addr", "replace", f"{controller_address}/{prefixlen}", "dev", ifname],
+        ["ip", "link", "set", ifname, "up"],
+    ):
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LabError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+
+
+def delete_link(ifname: str) -> None:
+    if link_exists(ifname):
+        subprocess.run(["ip", "link", "del", ifname], capture_output=True)

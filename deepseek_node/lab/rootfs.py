@@ -1,0 +1,198 @@
+"""The lab's Debian 12 root filesystem: built once with debootstrap, cached, shared read-only by all hosts."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from deepseek_node.lab.errors import LabError
+from deepseek_node.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+SUITE = "bookworm"
+PACKAGES = ("systemd", "systemd-sysv", "openssh-server", "python3", "python3-apt", "sudo", "iproute2", "dbus")
+# Bump when apply_fixes() changes so old caches are not reused.
+FIXES_VERSION = 2
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+MIRROR_ENV = "DEEPSEEK_NODE_DEBIAN_MIRROR"
+
+# Units that have nothing to do in a container (no hardware, no clock, no network out) and only slow the boot
+# or fail noisily; masking them keeps `systemctl is-system-running` at "running".
+MASKED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "apt-daily.service",
+    "apt-daily-upgrade.service",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "console-getty.service",
+    "getty@tty1.service",
+    "systemd-timesyncd.service",
+    "systemd-networkd-wait-online.service",
+    "sys-kernel-config.mount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+)
+
+
+def cache_key() -> str:
+    spec = {"suite": SUITE, "packages": sorted(PACKAGES), "fixes": FIXES_VERSION, "arch": _arch()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _arch() -> str:
+    try:
+        return subprocess.run(
+            ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.uname().machine
+
+
+def debian_mirror() -> str:
+    """The env override, else the Debian mirror this machine's apt uses (targets are built like the host)."""
+    if env := os.environ.get(MIRROR_ENV):
+        return env.rstrip("/")
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for src in sources:
+        try:
+            text = src.read_text()
+        except OSError:
+            continue
+        # one-line "deb URI suite" or deb822 "URIs: URI"; the main archive's path ends in /debian
+        for uri in re.findall(r"(?m)^(?:deb\s+(?:\[[^\]]*\]\s+)?|URIs:\s*)(\S+)", text):
+            if uri.rstrip("/").endswith("/debian"):
+                return uri.rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def default_cache_root() -> Path:
+    return cache_dir() / "lab"
+
+
+def rootfs_path(cache_root: Path | None = None) -> Path:
+    return (cache_root or default_cache_root()) / f"rootfs-{SUITE}-{cache_key()}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_rootfs(cache_root: Path | None = None) -> Path:
+    """Return the cached rootfs, building it first if needed (built aside, then renamed: never half a cache)."""
+    final = rootfs_path(cache_root)
+    if final.is_dir():
+        return final
+    with _locked(final.parent / ".build.lock"):
+        if final.is_dir():  # another process built it while we waited
+            return final
+        for stale in final.parent.glob(".tmp-*"):  # left by a crashed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+        try:
+            _debootstrap(tmp)
+            apply_fixes(tmp)
+            tmp.rename(final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _debootstrap(target: Path) -> None:
+    if shutil.which("debootstrap") is None:
+        raise LabError(
+            "debootstrap is not installed: apt-get install -y --no-install-recommends debootstrap "
+            "systemd-container"
+        )
+    mirror = debian_mirror()
+    argv = [
+        "debootstrap",
+        "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(target),
+        mirror,
+    ]
+    log.info("building the Debian 12 lab rootfs from %s (once; about a minute)", mirror)
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+        dlog = target / "debootstrap" / "debootstrap.log"
+        if dlog.is_file():
+            detail += ["--- debootstrap.log (tail) ---", *dlog.read_text(errors="replace").splitlines()[-15:]]
+        raise LabError(
+            f"debootstrap of {SUITE} from {mirror} failed (exit {proc.returncode}):\n"
+            + "\n".join(detail)
+            + f"\nNothing was cached. Check that the mirror is reachable (override it with {MIRROR_ENV}=URL) "
+            "and run the command again."
+        )
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def apply_fixes(root: Path) -> None:
+    """Make the debootstrapped tree a good template for many booted containers (see notes/lab-targets.md)."""
+    # Empty machine-id: systemd generates a fresh one per host; dbus must see the same one.
+    _write(root / "etc/machine-id", "", 0o444)
+    dbus_id = root / "var/lib/dbus/machine-id"
+    dbus_id.parent.mkdir(parents=True, exist_ok=True)
+    if dbus_id.is_symlink() or dbus_id.exists():
+        dbus_id.unlink()
+    dbus_id.symlink_to("/etc/machine-id")
+    # A leftover hostname would override the per-host name nspawn passes in.
+    (root / "etc/hostname").unlink(missing_ok=True)
+    # Without these, getfqdn() waits ~10 s for a DNS server that does not exist.
+    _write(root / "etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    _write(root / "etc/resolv.conf", "nameserver 127.0.0.1\n")
+    _write(root / "etc/apt/apt.conf.d/99lab-no-translations", 'Acquire::Languages "none";\n')
+    # Targets are air-gapped: the controller provides their apt repository. An unreachable default source
+    # would only make `apt-get update` fail.
+    _write(
+        root / "etc/apt/sources.list",
+        "# deepseek-node lab target: air-gapped; apt sources are configured by the controller.\n",
+    )
+    # Each host gets its own ed25519 host key at boot time; the shared ones must not survive.
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    _write(
+        root / "etc/ssh/sshd_config.d/10-lab.conf",
+        "PermitRootLogin prohibit-password\nHostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\n",
+    )
+    systemd_dir = root / "etc/systemd/system"
+    for unit in MASKED_UNITS:
+        link = systemd_dir / unit
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/dev/null")
+    subprocess.run(
+        ["systemctl", f"--root={root}", "enable", "systemd-networkd.service"], check=True, capture_output=True
+    )
+    # The packages were only needed for the build.
+    for deb in (root / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
