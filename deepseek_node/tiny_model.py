@@ -153,3 +153,17 @@ def make_tiny_model(out: Path, spec: TinyModelSpec | None = None) -> Path:
         json.dumps({"note": "random weights, for tests and demos only", "arch": spec.arch}, indent=2) + "\n"
     )
     return out
+
+
+def tiny_model_cached(cache: Path) -> Path:
+    """The tiny model is deterministic (fixed seed), so one cached copy serves every bundle build."""
+    import shutil
+
+    path = Path(cache) / "tiny-model" / "deepseek-tiny"
+    if not (path / "config.json").is_file():
+        staging = path.with_name(path.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        make_tiny_model(staging)
+        shutil.rmtree(path, ignore_errors=True)
+        staging.rename(path)
+    return path

@@ -28,3 +28,22 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from deepseek_node.tiny_model import TinyModelSpec, make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "llama-tiny", TinyModelSpec(arch="llama"))
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real offline bundle (Debian packages, wheelhouse, tiny model), built once per session."""
+    from deepseek_node.bundle.build import BundleSpec, build_bundle
+    from deepseek_node.paths import cache_dir, project_root
+    from deepseek_node.tiny_model import tiny_model_cached
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    spec = BundleSpec(
+        out=out,
+        project_root=project_root(),
+        model_dir=tiny_model_cached(cache_dir()),
+        model_name="deepseek-tiny",
+        cache=cache_dir() / "bundle",
+    )
+    build_bundle(spec, progress=lambda _msg: None)
+    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import typer
@@ -45,7 +44,9 @@ def build(
     if (model_dir is None) == (not tiny_model):
         fail("give exactly one of --model-dir DIR (a local checkpoint) or --tiny-model")
     if tiny_model:
-        model_dir = _tiny(cache_dir())
+        from deepseek_node.tiny_model import tiny_model_cached
+
+        model_dir = tiny_model_cached(cache_dir())
         model_name = model_name or "deepseek-tiny"
     assert model_dir is not None
     model_name = model_name or model_dir.resolve().name
@@ -65,20 +66,6 @@ def build(
     except BundleError as exc:
         fail(str(exc))
     console.print(f"[green]bundle written:[/] {spec.out}")
-
-
-def _tiny(cache: Path) -> Path:
-    """The tiny model is deterministic (fixed seed), so one cached copy serves every build."""
-    from deepseek_node.tiny_model import make_tiny_model
-
-    path = cache / "tiny-model" / "deepseek-tiny"
-    if not (path / "config.json").is_file():
-        staging = path.with_name(path.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        make_tiny_model(staging)
-        shutil.rmtree(path, ignore_errors=True)
-        staging.rename(path)
-    return path
 
 
 @app.command()

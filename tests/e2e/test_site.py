@@ -1,0 +1,107 @@
+"""The vertical slice, for real: lab targets → offline bundle → site.yml → the daemon answering the
+official openai client over TLS; a second run changes nothing; a tampered bundle installs nothing."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from deepseek_node.demo import chat, endpoint_for, write_lab_group_vars
+from deepseek_node.runner import RunConfig, RunResult, run
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def site(lab, bundle_dir: Path) -> dict:
+    """site.yml converged once on the first lab host (the second host stays bare for negative tests)."""
+    hosts = lab.up(count=2)
+    inventory_dir = lab.inventory_path.parent
+    write_lab_group_vars(inventory_dir, bundle_dir)
+    first = run(RunConfig(inventory=lab.inventory_path, limit=hosts[0].name, artifacts_dir=inventory_dir / "runs"))
+    return {"hosts": hosts, "inventory_dir": inventory_dir, "first": first}
+
+
+def _assert_ok(result: RunResult) -> None:
+    assert result.ok, "site.yml failed:\n" + "\n".join(result.failures)
+
+
+def test_site_converges(site: dict) -> None:
+    _assert_ok(site["first"])
+    assert site["first"].changed > 0
+
+
+def test_openai_client_chat_over_tls(site: dict) -> None:
+    _assert_ok(site["first"])
+    ep = endpoint_for(site["hosts"][0].address, site["inventory_dir"])
+    text = chat(ep, "Hello, how are you today?")
+    assert isinstance(text, str) and text.strip()
+    streamed = chat(ep, "Write a short poem about the sea.", stream=True)
+    assert streamed.strip()
+
+
+def test_api_refuses_requests_without_key_and_untrusted_tls(site: dict) -> None:
+    _assert_ok(site["first"])
+    ep = endpoint_for(site["hosts"][0].address, site["inventory_dir"])
+    ctx = ssl.create_default_context(cafile=str(ep.ca_cert))
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(ep.base_url + "/models", context=ctx, timeout=30)
+    assert err.value.code == 401
+    live = urllib.request.urlopen(ep.base_url.removesuffix("/v1") + "/health/live", context=ctx, timeout=30)
+    assert live.status == 200
+    # Without the lab CA the certificate is not trusted: the client refuses before sending anything.
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(ep.base_url + "/models", context=ssl.create_default_context(), timeout=30)
+
+
+def test_host_state_is_hardened(site: dict, lab) -> None:
+    _assert_ok(site["first"])
+    name = site["hosts"][0].name
+    out = lab.run(
+        name,
+        "stat -c '%a %U' /etc/deepseek-node/tls/server.key /etc/deepseek-node/daemon.yaml; "
+        "systemctl show -p User -p ActiveState deepseek-node; ip route; "
+        "grep -h '^[^#]' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true",
+    ).stdout
+    assert "600 root" in out and "640 root" in out
+    assert "User=deepseek" in out and "ActiveState=active" in out
+    assert "default" not in out  # no route out of the lab
+    assert "deb.debian.org" not in out and "file:/srv/deepseek-node/bundle/apt" in out
+    cfg = lab.run(name, "cat /etc/deepseek-node/daemon.yaml").stdout
+    key = (site["inventory_dir"] / "secrets" / "api_key").read_text().strip()
+    assert key not in cfg and "sha256" in cfg
+
+
+def test_second_run_changes_nothing(site: dict, lab) -> None:
+    _assert_ok(site["first"])
+    inv = site["inventory_dir"]
+    again = run(RunConfig(inventory=lab.inventory_path, limit=site["hosts"][0].name, artifacts_dir=inv / "runs"))
+    _assert_ok(again)
+    assert again.changed == 0, f"second run changed {again.changed} tasks: {again.artifacts}"
+    print(f"second run: {again.seconds:.1f}s, changed=0")
+
+
+def test_tampered_bundle_fails_before_anything_is_installed(site: dict, lab, bundle_dir: Path, tmp_path: Path) -> None:
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle_dir, tampered)
+    deb = sorted((tampered / "apt").glob("*.deb"))[0]
+    deb.write_bytes(deb.read_bytes()[:-1] + b"\0")
+    bare = site["hosts"][1].name
+    result = run(
+        RunConfig(
+            inventory=lab.inventory_path,
+            limit=bare,
+            extravars={"deepseek_bundle_dir": str(tampered)},
+            artifacts_dir=site["inventory_dir"] / "runs",
+        )
+    )
+    assert not result.ok
+    assert any("Verify the bundle on the controller" in f for f in result.failures), result.failures
+    assert any(deb.name in f for f in result.failures)
+    probe = lab.run(bare, "test -e /srv/deepseek-node || echo clean; dpkg -s python3-venv >/dev/null 2>&1 || echo none")
+    assert "clean" in probe.stdout and "none" in probe.stdout

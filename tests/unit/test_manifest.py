@@ -1,0 +1,82 @@
+"""Bundle manifest: every kind of damage is reported by name."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepseek_node.bundle import manifest as m
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    (tmp_path / "apt").mkdir()
+    (tmp_path / "apt" / "a.deb").write_bytes(b"deb")
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "x.whl").write_bytes(b"wheel")
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    (tmp_path / "models" / "tiny" / "config.json").write_text("{}")
+    m.write_manifest(tmp_path, {"model": {"name": "tiny"}})
+    return tmp_path
+
+
+def test_clean_bundle_verifies(bundle: Path) -> None:
+    report = m.verify_bundle(bundle)
+    assert report.ok and report.checked == 3
+    assert "3 files match" in report.summary()
+
+
+def test_missing_extra_and_altered_files_are_named(bundle: Path) -> None:
+    (bundle / "apt" / "a.deb").unlink()
+    (bundle / "wheels" / "x.whl").write_bytes(b"wheeL")  # same size, other content
+    (bundle / "wheels" / "evil.whl").write_bytes(b"!")
+    report = m.verify_bundle(bundle)
+    assert report.missing == ["apt/a.deb"]
+    assert report.altered == ["wheels/x.whl"]
+    assert report.extra == ["wheels/evil.whl"]
+    text = report.summary()
+    assert "nothing may be installed" in text and "wheels/evil.whl" in text
+
+
+def test_subset_limits_the_check(bundle: Path) -> None:
+    (bundle / "models" / "tiny" / "config.json").unlink()
+    assert m.verify_bundle(bundle, ("apt/", "wheels/")).ok
+    assert not m.verify_bundle(bundle).ok
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"format": 99, "files": {}}), "format-1"),
+        (json.dumps({"format": 1, "files": {"../etc/passwd": {"size": 1, "sha256": "x"}}}), "malformed"),
+        (json.dumps({"format": 1, "files": {"a": {"size": "1", "sha256": "x"}}}), "malformed"),
+    ],
+)
+def test_corrupt_manifest_is_a_clear_error(bundle: Path, content: str, needle: str) -> None:
+    (bundle / m.MANIFEST).write_text(content)
+    with pytest.raises(m.BundleError, match=needle):
+        m.verify_bundle(bundle)
+
+
+def test_not_a_bundle(tmp_path: Path) -> None:
+    with pytest.raises(m.BundleError, match="missing"):
+        m.verify_bundle(tmp_path)
+    with pytest.raises(m.BundleError, match="not a directory"):
+        m.verify_bundle(tmp_path / "nope")
+
+
+def test_standalone_script_runs_with_stdlib_only(bundle: Path) -> None:
+    """The role runs this file with the target's system python3, outside the package."""
+    script = Path(m.__file__)
+    ok = subprocess.run([sys.executable, "-I", str(script), "verify", str(bundle)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    (bundle / "apt" / "a.deb").write_bytes(b"tampered")
+    bad = subprocess.run(
+        [sys.executable, "-I", str(script), "verify", str(bundle), "--subset=apt/"], capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and "apt/a.deb" in bad.stderr
