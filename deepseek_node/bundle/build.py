@@ -33,13 +33,21 @@ class BundleSpec:
     cache: Path
     apt_source: AptSource = field(default_factory=AptSource)
     extra_apt_packages: tuple[str, ...] = ()
+    # Roles whose packages to leave out (e.g. the GPU stack for CPU-only or lab fleets).
+    skip_roles: tuple[str, ...] = ()
 
 
-def role_apt_packages(project_root: Path) -> dict[str, list[str]]:
+def role_apt_packages(project_root: Path, skip_roles: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """{role: [packages]} from every role's `<role>_bundle_apt_packages` default."""
+    roles = {p.parent.parent.name for p in project_root.glob("roles/*/defaults/main.yml")}
+    unknown = sorted(set(skip_roles) - roles)
+    if unknown:
+        raise BundleError(f"cannot skip unknown role(s) {', '.join(unknown)}: choose from {', '.join(sorted(roles))}")
     out: dict[str, list[str]] = {}
     for defaults in sorted(project_root.glob("roles/*/defaults/main.yml")):
         role = defaults.parent.parent.name
+        if role in skip_roles:
+            continue
         data = yaml.safe_load(defaults.read_text()) or {}
         pkgs = data.get(f"{role}_bundle_apt_packages") or []
         if not isinstance(pkgs, list) or not all(isinstance(p, str) for p in pkgs):
@@ -71,7 +79,7 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
     staging.mkdir(parents=True)
     started = time.monotonic()
     try:
-        packages = role_apt_packages(spec.project_root)
+        packages = role_apt_packages(spec.project_root, spec.skip_roles)
         wanted = sorted({p for pkgs in packages.values() for p in pkgs} | set(spec.extra_apt_packages))
         progress(f"apt: resolving {len(wanted)} packages and their dependencies ({spec.apt_source.suite})")
         apt = PrivateApt(spec.cache / "apt-root", spec.apt_source)
@@ -98,6 +106,7 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
                     "suite": spec.apt_source.suite,
                     "arch": spec.apt_source.arch,
                     "packages_by_role": packages,
+                    "skipped_roles": sorted(spec.skip_roles),
                     "key": APT_KEY,
                 },
                 "wheels": {"requirement": requirement},

@@ -34,6 +34,7 @@ def build(
     apt_package: list[str] = typer.Option(
         [], "--apt-package", help="Extra Debian package to include (repeat)."
     ),
+    skip_role: list[str] = typer.Option([], "--skip-role", help="Leave out a role's packages, e.g. nvidia_driver."),
 ) -> None:
     """Assemble everything a target needs: signed apt repo, wheelhouse, model, manifest.json."""
     from deepseek_node.bundle.apt import AptSource
@@ -60,6 +61,7 @@ def build(
         cache=cache_dir() / "bundle",
         apt_source=AptSource(mirror=mirror, security_mirror=security_mirror, suite=suite),
         extra_apt_packages=tuple(apt_package),
+        skip_roles=tuple(skip_role),
     )
     try:
         build_bundle(spec, progress=lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
