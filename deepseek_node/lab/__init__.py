@@ -1,10 +1,10 @@
 """Throwaway Debian 12 target hosts on this machine (systemd-nspawn), for tests and demos.
 
-    from deepseek_node.lab import Lab
-    lab = Lab()
-    hosts = lab.up(count=2)
-    lab.run("dsn1", "systemctl is-system-running")
-    lab.down()
+from deepseek_node.lab import Lab
+lab = Lab()
+hosts = lab.up(count=2)
+lab.run("dsn1", "systemctl is-system-running")
+lab.down()
 """
 
 from deepseek_node.lab.core import HostStatus, Lab, LabHost, check_prerequisites

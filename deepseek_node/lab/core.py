@@ -23,11 +23,18 @@ from deepseek_node.lab.host import HostDir
 from deepseek_node.lab.inventory import render_inventory, write_atomic
 from deepseek_node.lab.network import (
     Addressing,
+    add_guard_route,
     addressing,
+    conflicts,
+    ipv4_addresses,
+    link_exists,
     parse_index,
+    remove_guard_route,
+    route_is_lab,
     validate_count,
     validate_prefix,
     validate_subnet,
+    veth_name,
 )
 from deepseek_node.lab.rootfs import ensure_rootfs
 
@@ -62,7 +69,9 @@ class HostStatus:
 
 def check_prerequisites() -> None:
     if os.geteuid() != 0:
-        raise LabError("the lab needs root (it mounts overlays and boots containers): run it as root or with sudo")
+        raise LabError(
+            "the lab needs root (it mounts overlays and boots containers): run it as root or with sudo"
+        )
     missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None})
     if missing:
         raise LabError(f"missing tools; install them with: apt-get install -y {' '.join(missing)}")
@@ -135,6 +144,7 @@ class Lab:
         check_prerequisites()
         rootfs = ensure_rootfs()
         with self._locked():
+            add_guard_route(self.subnet)
             pubkey = hostmod.ensure_client_key(self.key_path)
             wanted = [addressing(self.prefix, self.subnet, i) for i in range(1, count + 1)]
             wanted_names = {a.name for a in wanted}
@@ -150,6 +160,7 @@ class Lab:
                 if hd.root.exists():
                     log.info("%s: cleaning up stale state", addr.name)
                     self._stop([hd])
+                self._check_free(addr)
                 log.info("booting %s at %s", addr.name, addr.address)
                 pids[addr.name] = hostmod.start(hd, addr, rootfs, pubkey)
             self._write_known_hosts()
@@ -163,6 +174,7 @@ class Lab:
         """Stop every host and remove its overlay, mounts and veth link; remove the inventory. Idempotent."""
         with self._locked():
             self._stop(self._existing())
+            remove_guard_route(self.subnet)
             self.inventory_path.unlink(missing_ok=True)
             if self.known_hosts_path.exists():
                 self._write_known_hosts()
@@ -174,6 +186,20 @@ class Lab:
             hostmod.wait_stopped(hd, pids)
             hostmod.cleanup(hd)
             log.info("%s stopped", hd.name)
+
+    def _check_free(self, addr: Addressing) -> None:
+        """Refuse to boot over another lab's interface or subnet: it would capture our traffic."""
+        ifname = veth_name(addr.name)
+        if link_exists(ifname):
+            raise LabError(
+                f"interface {ifname} already exists, probably another lab using prefix {self.prefix!r}: "
+                "stop that lab or use another prefix"
+            )
+        if clash := conflicts(addr, ipv4_addresses()):
+            raise LabError(
+                f"{addr.controller_address.rsplit('.', 1)[0]}.0/24 for {addr.name} is already used on "
+                f"{', '.join(clash)}: stop that lab or use another subnet than {self.subnet!r}"
+            )
 
     def _write_known_hosts(self) -> None:
         lines = []
@@ -195,7 +221,7 @@ class Lab:
                         f"{addr.name} stopped while booting; its console log ({hd.log}) ends with:\n"
                         f"{hd.log_tail()}\nRun `provision lab down` and try again."
                     )
-                if _port_open(addr.address, 22) and self._ssh_ok(addr):
+                if self._ssh_ok(addr):
                     pending.remove(addr)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(a.name for a in pending)
@@ -210,13 +236,23 @@ class Lab:
     # --- inspection and access ---
 
     def names(self) -> list[str]:
+        """Names of this lab's hosts that have state (running or not)."""
         return [hd.name for hd in self._existing()]
+
+    def hosts(self) -> list[LabHost]:
+        """The running hosts (those with a live supervisor)."""
+        found = []
+        for hd in self._existing():
+            addr, pid = hd.read_meta(), hostmod.supervisor_pid(hd)
+            if addr and pid:
+                found.append(LabHost(addr.name, addr.address, addr.controller_address, pid))
+        return found
 
     def status(self) -> list[HostStatus]:
         def one(hd: HostDir) -> HostStatus:
             addr = hd.read_meta()
             pid = hostmod.supervisor_pid(hd)
-            ok = bool(pid and addr and _port_open(addr.address, 22) and self._ssh_ok(addr))
+            ok = bool(pid and addr and self._ssh_ok(addr))
             return HostStatus(hd.name, addr.address if addr else "?", pid, pid is not None, ok)
 
         hds = self._existing()
@@ -251,25 +287,43 @@ class Lab:
 
     def ssh_argv(self, name: str) -> list[str]:
         """Full ssh command line to the host (append a command, or run as is for a shell)."""
-        return self._ssh_base(self._addr(name))
+        addr = self._addr(name)
+        if not route_is_lab(addr):
+            raise LabError(
+                f"{name} is not running (no route to it through ve-{name}): run `provision lab up`"
+            )
+        return self._ssh_base(addr)
 
     def _ssh_ok(self, addr: Addressing) -> bool:
+        # Probe only through the host's own veth: never let a probe leave by the default route.
+        if not (route_is_lab(addr) and _port_open(addr.address, 22)):
+            return False
         argv = self._ssh_base(addr)
         argv[1:1] = ["-o", "BatchMode=yes"]
         try:
-            return subprocess.run(argv + ["true"], capture_output=True, timeout=10).returncode == 0
+            return subprocess.run([*argv, "true"], capture_output=True, timeout=10).returncode == 0
         except subprocess.TimeoutExpired:
             return False
 
     def run(
         self, name: str, command: str | list[str], check: bool = True, timeout: float | None = 120.0
     ) -> subprocess.CompletedProcess[str]:
-        """Run a shell command on the host as root over ssh; text output captured."""
+        """Run a shell command on the host as root over ssh; text output captured.
+
+        Like ssh, a host that cannot be reached (e.g. while it reboots) gives exit status 255.
+        """
         remote = command if isinstance(command, str) else shlex.join(command)
-        argv = self.ssh_argv(name)
+        addr = self._addr(name)
+        argv = self._ssh_base(addr)
         argv[1:1] = ["-o", "BatchMode=yes"]
+        argv += ["--", remote]
+        if not route_is_lab(addr):
+            msg = f"{name} is not reachable: no route through ve-{name} (host down or rebooting)\n"
+            if check:
+                raise subprocess.CalledProcessError(255, argv, "", msg)
+            return subprocess.CompletedProcess(argv, 255, "", msg)
         return subprocess.run(
-            [*argv, "--", remote],
+            argv,
             capture_output=True,
             text=True,
             check=check,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deepseek_node.lab.errors import LabError
-from deepseek_node.lab.network import Addressing, delete_link, guest_network_unit, veth_name
+from deepseek_node.lab.network import Addressing, delete_link, guest_network_unit, ipv4_addresses, veth_name
 
 SUPERVISOR_MODULE = "deepseek_node.lab.supervise"
 
@@ -77,8 +78,9 @@ def processes_using(hd: HostDir) -> list[int]:
     marker = f"--directory={hd.merged}"
     pids = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid() and marker in _proc_cmdline(int(entry.name)):
-            pids.append(int(entry.name))
+        pid = int(entry.name) if entry.name.isdigit() else 0
+        if pid and pid != os.getpid() and marker in _proc_cmdline(pid):
+            pids.append(pid)
     return pids
 
 
@@ -167,6 +169,11 @@ def start(hd: HostDir, addr: Addressing, rootfs: Path, client_pubkey: str) -> in
             close_fds=True,
         )
     hd.pidfile.write_text(f"{sup.pid}\n")
+    # Popen may return (vfork) before the kernel has set up the new command line that supervisor_pid()
+    # checks; wait for it so the caller never sees a just-started host as dead.
+    deadline = time.monotonic() + 5
+    while supervisor_pid(hd) is None and sup.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     return sup.pid
 
 
@@ -191,15 +198,13 @@ def _proc_state(pid: int) -> str:
 
 
 def signal_stop(hd: HostDir) -> list[int]:
-    """Ask the host to stop (SIGTERM to its supervisor, which powers the guest off); returns pids to wait for."""
+    """SIGTERM the supervisor (nspawn then powers the guest off); returns the pids to wait for."""
     pids = processes_using(hd)
     sup = supervisor_pid(hd)
     targets = [sup] if sup else pids  # without a supervisor, stop any orphaned nspawn directly
     for pid in targets:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     return pids
 
 
@@ -209,10 +214,8 @@ def wait_stopped(hd: HostDir, pids: list[int], timeout: float = 25.0) -> None:
         time.sleep(0.05)
     for pid in pids + processes_using(hd):
         if _alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     deadline = time.monotonic() + 5
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -223,7 +226,12 @@ def cleanup(hd: HostDir) -> None:
     for mp in mounts_under(hd.root):
         if subprocess.run(["umount", str(mp)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "--lazy", str(mp)], capture_output=True)
-    delete_link(veth_name(hd.name))
+    # nspawn's veth dies with the container; delete a leftover only if it carries our address (the same
+    # name may belong to another lab that uses the same prefix).
+    addr = hd.read_meta()
+    ifname = veth_name(hd.name)
+    if addr and (ifname, addr.controller_address) in ipv4_addresses():
+        delete_link(ifname)
     if mounts_under(hd.root):
         raise LabError(f"could not unmount {hd.root}; see `grep {hd.root} /proc/mounts`")
     shutil.rmtree(hd.root, ignore_errors=True)

@@ -20,7 +20,10 @@ def render_inventory(hosts: Iterable[Addressing], key_path: Path, known_hosts: P
             "children": {
                 GROUP: {
                     "hosts": {
-                        h.name: {"ansible_host": h.address, "deepseek_controller_address": h.controller_address}
+                        h.name: {
+                            "ansible_host": h.address,
+                            "deepseek_controller_address": h.controller_address,
+                        }
                         for h in sorted(hosts, key=lambda h: h.index)
                     }
                 }
@@ -37,7 +40,7 @@ def render_inventory(hosts: Iterable[Addressing], key_path: Path, known_hosts: P
         }
     }
     header = "# Written by `provision lab up`; removed by `provision lab down`. Do not edit.\n"
-    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:

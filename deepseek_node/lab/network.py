@@ -1,5 +1,10 @@
 """Lab naming and addressing (pure), plus the host side of each target's veth link.
 
+Safety net on the host: an `unreachable` route for the lab's whole SUBNET.0.0/16. The per-host /24 on ve-NAME
+is more specific, so a running host is reached through its veth; a host that is down (or not yet up) gets
+"No route to host" instead of the connection leaving through the machine's default route. Every probe also
+checks `ip route get` first (route_is_lab).
+
 Isolation design: a target's only interface is its veth `host0`, configured with a /24 address and no gateway,
 so inside it there is no route except to its own /24 (its controller address). The host keeps the other
 side `ve-NAME` with forwarding disabled *on that interface* (net.ipv4.conf.ve-NAME.forwarding=0) and IPv6 off,
@@ -34,7 +39,7 @@ class Addressing:
 
 def validate_prefix(prefix: str, count: int = 1) -> None:
     if not _PREFIX_RE.fullmatch(prefix):
-        raise ValueError(f"lab prefix {prefix!r} must be lowercase letters and digits, starting with a letter")
+        raise ValueError(f"lab prefix {prefix!r}: use lowercase letters and digits, starting with a letter")
     if len(machine_name(prefix, max(count, 1), check=False)) > MAX_NAME:
         raise ValueError(f"lab prefix {prefix!r} is too long: names must fit {MAX_NAME} characters")
 
@@ -65,7 +70,7 @@ def parse_index(prefix: str, name: str) -> int | None:
 
 
 def addressing(prefix: str, subnet: str, index: int) -> Addressing:
-    """Host i: controller SUBNET.i.1/24 and target SUBNET.i.2/24, one /24 per host so targets share nothing."""
+    """Host i: controller SUBNET.i.1/24, target SUBNET.i.2/24; a /24 per host so targets share no link."""
     validate_subnet(subnet)
     return Addressing(
         name=machine_name(prefix, index),
@@ -121,3 +126,48 @@ def configure_host_side(ifname: str, controller_address: str, prefixlen: int = 2
 def delete_link(ifname: str) -> None:
     if link_exists(ifname):
         subprocess.run(["ip", "link", "del", ifname], capture_output=True)
+
+
+def guard_route(subnet: str) -> str:
+    return f"{subnet}.0.0/16"
+
+
+def add_guard_route(subnet: str) -> None:
+    argv = ["ip", "route", "replace", "unreachable", guard_route(subnet)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+
+
+def remove_guard_route(subnet: str) -> None:
+    subprocess.run(["ip", "route", "del", "unreachable", guard_route(subnet)], capture_output=True)
+
+
+def route_is_lab(addr: Addressing) -> bool:
+    """True when the kernel would send to the target through its own veth (and nowhere else)."""
+    proc = subprocess.run(["ip", "-o", "route", "get", addr.address], capture_output=True, text=True)
+    words = proc.stdout.split()
+    return proc.returncode == 0 and "dev" in words and words[words.index("dev") + 1] == veth_name(addr.name)
+
+
+def ipv4_addresses() -> list[tuple[str, str]]:
+    """(interface, address) for every IPv4 address on this machine."""
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    return parse_ip_addr(out)
+
+
+def parse_ip_addr(output: str) -> list[tuple[str, str]]:
+    """Parse `ip -o -4 addr show`: '2: eth0    inet 192.0.2.2/24 brd ... scope global eth0'."""
+    found = []
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] == "inet":
+            found.append((parts[1].split("@")[0], parts[3].split("/")[0]))
+    return found
+
+
+def conflicts(addr: Addressing, in_use: list[tuple[str, str]]) -> list[str]:
+    """Interfaces other than our ve-NAME that already hold an address in this host's /24."""
+    net = addr.controller_address.rsplit(".", 1)[0] + "."
+    mine = veth_name(addr.name)
+    return sorted({f"{ifname} ({ip})" for ifname, ip in in_use if ip.startswith(net) and ifname != mine})

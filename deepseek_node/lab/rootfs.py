@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "openssh-server", "python3", "python3-apt", "sudo", "iproute2", "dbus")
 # Bump when apply_fixes() changes so old caches are not reused.
-FIXES_VERSION = 2
+FIXES_VERSION = 3
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 MIRROR_ENV = "DEEPSEEK_NODE_DEBIAN_MIRROR"
 
@@ -40,10 +40,6 @@ MASKED_UNITS = (
     "console-getty.service",
     "getty@tty1.service",
     "systemd-timesyncd.service",
-    "systemd-networkd-wait-online.service",
-    "sys-kernel-config.mount",
-    "sys-kernel-debug.mount",
-    "sys-kernel-tracing.mount",
 )
 
 
@@ -98,7 +94,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def ensure_rootfs(cache_root: Path | None = None) -> Path:
-    """Return the cached rootfs, building it first if needed (built aside, then renamed: never half a cache)."""
+    """The cached rootfs, built first if missing (aside, then renamed: a crash never leaves half a cache)."""
     final = rootfs_path(cache_root)
     if final.is_dir():
         return final

@@ -82,8 +82,11 @@ class Supervisor:
                     child.kill()
 
     def run(self) -> int:
+        first = True
         while not self.stopping:
-            self._wait_old_link_gone()
+            if not first:
+                self._wait_old_link_gone()
+            first = False
             print(f"supervise: starting {' '.join(self.argv)}", flush=True)
             self.child = child = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
             if self.stopping:  # the signal came while Popen ran
