@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from deepseek_node.cli import bundle, demo, lab, model, plan, run, serve
+from deepseek_node.cli import bundle, check, demo, lab, model, plan, run, serve
 from deepseek_node.cli.errors import fail
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ run.register(app)
 serve.register(app)
 plan.register(app)
 demo.register(app)
+check.register(app)
 
 
 

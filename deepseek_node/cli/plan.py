@@ -1,9 +1,271 @@
-"""`provision plan`."""
+"""`provision plan`: how each inference node will serve its model, and why.
+
+A thin surface over `deepseek_node.planner` (the Ansible filter `deepseek_plan` is the other one): read the
+inventory through `ansible-inventory`, validate it, plan every host, print a table or JSON.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from deepseek_node.cli.errors import fail
+from deepseek_node.planner import (
+    HARDWARE_PROFILES,
+    MODELS,
+    Candidate,
+    Fit,
+    Goal,
+    HardwareProfile,
+    Plan,
+    PlannerInputError,
+    PlanRequest,
+    candidates,
+    plan,
+    resolve_model,
+    resolve_profile,
+)
+
+
+def _console() -> Console:
+    """Rich wraps at 80 columns when not on a terminal; a plan piped to a file should keep its rows whole."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=200)
+
+
+_FIT_STYLE = {Fit.COMPATIBLE: "green", Fit.LOW_MEMORY: "yellow", Fit.INCOMPATIBLE: "red"}
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("plan")(plan_command)
+
+
+def plan_command(
+    inventory: Path | None = typer.Option(
+        None, "--inventory", "-i", help="Ansible inventory (hosts.yml or its directory)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Catalog model for every host (see --list-models)."
+    ),
+    model_dir: Path | None = typer.Option(
+        None, "--model-dir", help="A local model directory with config.json."
+    ),
+    hardware: str | None = typer.Option(
+        None, "--hardware", help="Plan for a catalog hardware profile instead of an inventory."
+    ),
+    goal: Goal | None = typer.Option(None, "--goal", help="Override deepseek_serving_goal."),
+    max_context: int | None = typer.Option(
+        None, "--max-context", min=1, help="Override deepseek_max_context."
+    ),
+    group: str = typer.Option(
+        "inference_nodes", "--group", help="Inventory group holding the inference nodes."
+    ),
+    list_profiles: bool = typer.Option(
+        False, "--list-profiles", help="List every candidate (precision x TP x PP) per hardware profile."
+    ),
+    list_hardware: bool = typer.Option(False, "--list-hardware", help="List the built-in hardware profiles."),
+    list_models: bool = typer.Option(False, "--list-models", help="List the model catalog."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Plan precision, tensor/pipeline parallelism, context and concurrency per host, with reasons.
+
+    Exit status: 0 every host has a plan, 1 a model does not fit its host (the output says what would), 2 bad input.
+    """
+    if list_hardware:
+        _print_hardware(as_json)
+        return
+    if list_models:
+        _print_models(as_json)
+        return
+    if model and model_dir:
+        fail("give --model or --model-dir, not both")
+    overrides = {"model": model, "model_dir": str(model_dir) if model_dir else None}
+    if list_profiles:
+        _list_profiles(overrides, hardware, goal, max_context, as_json)
+        return
+    if hardware:
+        plans = [_plan_hardware(hardware, overrides, goal, max_context)]
+    elif inventory:
+        plans = _plan_inventory(inventory, group, overrides, goal, max_context)
+    else:
+        fail("give an inventory with -i INVENTORY, or --hardware PROFILE with --model, or a --list-* option")
+    if as_json:
+        typer.echo(json.dumps([p.to_dict() for p in plans], indent=2))
+    else:
+        _print_plans(plans)
+    if any(not p.fits for p in plans):
+        raise typer.Exit(1)
+
+
+def _cli_words(message: str) -> str:
+    """Planner messages name inventory keys; without an inventory, name the options that set them."""
+    for key, option in (
+        ("deepseek_hardware_profile", "--hardware"),
+        ("deepseek_model_dir", "--model-dir"),
+        ("deepseek_model", "--model"),
+    ):
+        message = message.replace(key, option)
+    return message
+
+
+def _plan_hardware(name: str, overrides: dict[str, Any], goal: Goal | None, max_context: int | None) -> Plan:
+    try:
+        profile = resolve_profile(name)
+        spec = resolve_model(overrides["model"], overrides["model_dir"])
+    except PlannerInputError as exc:
+        fail(_cli_words(str(exc)))
+    return plan(PlanRequest(spec, profile, goal or Goal.THROUGHPUT, max_context))
+
+
+def _plan_inventory(
+    inventory: Path, group: str, overrides: dict[str, Any], goal: Goal | None, max_context: int | None
+) -> list[Plan]:
+    from deepseek_node.inventory import InventoryError, InventoryLoadError, load_inventory, validate_inventory
+
+    try:
+        data = load_inventory(inventory)
+    except InventoryLoadError as exc:
+        fail(str(exc))
+    try:
+        settings = validate_inventory(data, group, goal=goal, max_context=max_context, **overrides)
+    except InventoryError as exc:
+        fail(f"{inventory} is not valid for planning (nothing was changed):\n{exc}")
+    return [s.plan() for s in settings]
+
+
+def _print_plans(plans: list[Plan]) -> None:
+    console = _console()
+    table = Table(title="Serving plan", title_justify="left")
+    for column in (
+        "host",
+        "profile",
+        "model",
+        "precision",
+        "TP x PP",
+        "max context",
+        "max seqs",
+        "memory/device",
+    ):
+        table.add_column(column, justify="right" if column.startswith(("max", "memory")) else "left")
+    table.add_column("fit")
+    for p in plans:
+        memory = f"{p.expected_gpu_memory_gib:.1f} GiB" if p.memory else "-"
+        table.add_row(
+            p.host or "-",
+            p.profile.label,
+            p.model.name,
+            p.precision.value if p.precision else "-",
+            f"{p.tp} x {p.pp}" if p.fits else "-",
+            str(p.max_context) if p.fits else "-",
+            str(p.max_running) if p.fits else "-",
+            memory,
+            f"[{_FIT_STYLE[p.fit]}]{p.fit.value}[/]",
+        )
+    console.print(table)
+    for p in plans:
+        console.print(f"\n[bold]{p.summary()}[/]", highlight=False)
+        for reason in p.reasons:
+            console.print(f"  - {reason}", highlight=False)
+        if p.suggestion and not p.fits:
+            console.print(f"  [bold]would fit:[/] {p.suggestion}", highlight=False)
+
+
+def _list_profiles(
+    overrides: dict[str, Any], hardware: str | None, goal: Goal | None, max_context: int | None, as_json: bool
+) -> None:
+    if not (overrides["model"] or overrides["model_dir"]):
+        fail("--list-profiles needs --model M or --model-dir DIR")
+    try:
+        spec = resolve_model(overrides["model"], overrides["model_dir"])
+        profiles = [resolve_profile(hardware)] if hardware else list(HARDWARE_PROFILES.values())
+    except PlannerInputError as exc:
+        fail(_cli_words(str(exc)))
+    rows: list[tuple[HardwareProfile, Candidate]] = []
+    for profile in profiles:
+        req = PlanRequest(spec, profile, goal or Goal.THROUGHPUT, max_context)
+        rows += [(profile, c) for c in candidates(req)]
+    if as_json:
+        payload = [{"hardware": p.name, **c.to_dict()} for p, c in rows]
+        typer.echo(json.dumps({"model": spec.to_dict(), "candidates": payload}, indent=2))
+        return
+    titles = {
+        Fit.COMPATIBLE: "Compatible: runs with the required context",
+        Fit.LOW_MEMORY: "Compatible but low memory: runs with a shorter context",
+        Fit.INCOMPATIBLE: "Incompatible",
+    }
+    console = _console()
+    for fit, title in titles.items():
+        table = Table(title=f"{spec.name} - {title}", title_justify="left")
+        for column in ("hardware", "candidate", "max context", "max seqs", "memory/device", "why"):
+            table.add_column(column, justify="right" if column.startswith(("max", "memory")) else "left")
+        for profile, c in rows:
+            if c.fit is not fit:
+                continue
+            memory = (
+                f"{c.memory.total / 1024**3:.1f}/{c.memory.usable / 1024**3:.1f} GiB" if c.memory else "-"
+            )
+            context = str(c.max_context) if fit.fits else "-"
+            seqs = str(c.max_running) if fit.fits else "-"
+            table.add_row(profile.name, c.name, context, seqs, memory, c.why)
+        if table.row_count:
+            console.print(table)
+
+
+def _print_hardware(as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([p.to_dict() for p in HARDWARE_PROFILES.values()], indent=2))
+        return
+    console = _console()
+    table = Table(title="Hardware profiles (override fields per host with deepseek_hardware_overrides)")
+    for column in ("name", "GPUs", "GiB/GPU", "cc", "bf16", "fp8", "interconnect", "NVLink domain"):
+        table.add_column(column)
+    for p in HARDWARE_PROFILES.values():
+        gpus = f"{p.gpu_count}x {p.gpu_name}" if p.gpu_count else f"none ({p.host_memory_gib:g} GiB RAM)"
+        table.add_row(
+            p.name,
+            gpus,
+            f"{p.gpu_memory_gib:g}" if p.gpu_count else "-",
+            p.compute_capability or "-",
+            "yes" if p.bf16 else "no",
+            "yes" if p.fp8 else "no",
+            p.interconnect.value,
+            str(p.nvlink_domain) if p.gpu_count else "-",
+        )
+    console.print(table)
+
+
+def _print_models(as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([m.to_dict() for m in MODELS.values()], indent=2))
+        return
+    console = _console()
+    table = Table(title="Model catalog")
+    for column in (
+        "name",
+        "params",
+        "active",
+        "attention",
+        "KV KiB/token",
+        "max context",
+        "native",
+        "source",
+    ):
+        table.add_column(column)
+    for m in MODELS.values():
+        d = m.to_dict()
+        table.add_row(
+            m.name,
+            f"{d['params_b']:.1f}B",
+            f"{d['active_params_b']:.1f}B",
+            m.attention.value,
+            f"{d['kv_cache_bytes_per_token_bf16'] / 1024:.1f}",
+            str(m.max_context),
+            m.native_precision.value,
+            m.source,
+        )
+    console.print(table)

@@ -8,7 +8,7 @@ only logged. The same model is built in Python by `provision serve`, so both pat
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -38,33 +38,33 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message names the key and how to fix it."""
 
 
-class DType(str, Enum):
+class DType(StrEnum):
     AUTO = "auto"
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
     FLOAT16 = "float16"
 
 
-class Quantization(str, Enum):
+class Quantization(StrEnum):
     NONE = "none"
     INT8 = "int8"
     INT4 = "int4"
     FP8 = "fp8"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
 
 
-class Scope(str, Enum):
+class Scope(StrEnum):
     INFERENCE = "inference"
     METRICS = "metrics"
     ADMIN = "admin"
 
 
-class EngineBackend(str, Enum):
+class EngineBackend(StrEnum):
     """Which batching loop drives the model.
 
     `continuous_batching` is transformers' own paged-KV manager; `step` is this package's batched decode loop
@@ -100,7 +100,9 @@ class ModelConfig(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _NAME_RE.match(v):
-            raise ValueError("must be 1-128 characters of letters, digits and ._:/- (it is the API's model id)")
+            raise ValueError(
+                "must be 1-128 characters of letters, digits and ._:/- (it is the API's model id)"
+            )
         return v
 
     @field_validator("path", mode="before")
@@ -159,6 +161,12 @@ class EngineConfig(_Strict):
     warmup: bool = True
     retry_after_s: int = Field(1, ge=1, le=3600)
     seed: int | None = None  # engine-wide sampling seed for requests without one (None: random)
+    # CPU inference only: torch intra-op threads. None: all cores but one, which stays free for the HTTP
+    # event loop (oversubscribed OpenMP threads made a tiny model 30x slower in measurements here).
+    cpu_threads: int | None = Field(None, ge=1, le=1024)
+    # The model runs in a child process so its Python-side kernel launches do not compete with the HTTP
+    # event loop for the GIL (see engine_proc.py); False runs it as a thread (tests, debugging).
+    separate_process: bool = True
 
     @field_validator("backend", mode="before")
     @classmethod
@@ -300,7 +308,9 @@ def _format(exc: ValidationError, source: str) -> str:
 
 def parse_config(data: Any, source: str = "config") -> DaemonConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping with model, server, engine, auth, audit, plan")
+        raise ConfigError(
+            f"{source}: the top level must be a mapping with model, server, engine, auth, audit, plan"
+        )
     try:
         return DaemonConfig.model_validate(data)
     except ValidationError as exc:

@@ -129,9 +129,9 @@ class ChatCompletionRequest(_SamplingFields):
         fmt = (self.response_format or {}).get("type", "text")
         if fmt != "text":
             raise ValueError("response_format other than text is not supported")
-        if self.max_tokens is not None and self.max_completion_tokens is not None:
-            if self.max_tokens != self.max_completion_tokens:
-                raise ValueError("max_tokens and max_completion_tokens disagree: send one of them")
+        both = self.max_tokens is not None and self.max_completion_tokens is not None
+        if both and self.max_tokens != self.max_completion_tokens:
+            raise ValueError("max_tokens and max_completion_tokens disagree: send one of them")
         return self
 
     @property
@@ -237,7 +237,11 @@ def chat_chunk(
     finish_reason: str | None = None,
     usage: Usage | None = None,
 ) -> dict[str, Any]:
-    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+    choices = (
+        []
+        if delta is None
+        else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+    )
     out: dict[str, Any] = {
         "id": rid,
         "object": "chat.completion.chunk",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["GREEDY", "apply_top_p", "sample", "step_seed"]
+__all__ = ["GREEDY", "apply_top_p", "choose", "sample", "step_seed"]
 
 # The seed-step value that means "greedy" (temperature 0); real step seeds are 31-bit non-negative ints.
 GREEDY = -1
@@ -58,20 +58,32 @@ def apply_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample(
-    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, seed_steps: torch.Tensor
-) -> torch.Tensor:
-    """Next token per row.
+def choose(scores: torch.Tensor, seed_steps: torch.Tensor) -> torch.Tensor:
+    """Pick one token per row from already temperature-scaled, top_p-filtered scores [B, V].
 
-    logits [B, V] (any float dtype); temperature, top_p [B] float; seed_steps [B] int64 (GREEDY = argmax).
+    Rows whose seed step is GREEDY take the argmax; the others draw with Gumbel-max from the counter-based
+    noise for (seed step, token id).
     """
-    logits = logits.float()
-    greedy = (seed_steps < 0) | (temperature <= 0)
-    temp = torch.where(greedy, torch.ones_like(temperature), temperature)
-    scaled = apply_top_p(logits / temp.unsqueeze(-1), top_p)
-    vocab = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.int64)
+    scores = scores.float()
+    vocab = torch.arange(scores.shape[-1], device=scores.device, dtype=torch.int64)
     h = _mix32(seed_steps.clamp(min=0).unsqueeze(-1) * 0x27D4EB2 + vocab.unsqueeze(0))
     u = (h.double() + 0.5) / 4294967296.0  # uniform in (0, 1), never exactly 0 or 1
     gumbel = -torch.log(-torch.log(u))
-    sampled = (torch.log_softmax(scaled, dim=-1).double() + gumbel).argmax(dim=-1)
-    return torch.where(greedy, logits.argmax(dim=-1), sampled)
+    sampled = (torch.log_softmax(scores, dim=-1).double() + gumbel).argmax(dim=-1)
+    return torch.where(seed_steps < 0, scores.argmax(dim=-1), sampled)
+
+
+def sample(
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor | None, seed_steps: torch.Tensor
+) -> torch.Tensor:
+    """Next token per row.
+
+    logits [B, V] (any float dtype); temperature [B] float; top_p [B] float, or None when no row filters;
+    seed_steps [B] int64 (GREEDY = argmax, which callers use for temperature 0).
+    """
+    logits = logits.float()
+    temp = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+    scores = logits / temp.unsqueeze(-1)
+    if top_p is not None:
+        scores = apply_top_p(scores, top_p)
+    return choose(scores, seed_steps)

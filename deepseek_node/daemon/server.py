@@ -1,0 +1,139 @@
+"""Running the daemon: uvicorn with TLS, signals, and exit codes systemd can act on.
+
+* The socket listens before the model loads, so liveness answers at once and readiness goes 503 -> 200.
+* SIGTERM/SIGINT: readiness drops and new generation requests get 503 at once; requests already admitted
+  (running or queued) finish within `engine.shutdown_grace_s`; then the process exits 0. uvicorn's own
+  handler would re-raise the signal after shutdown (exit by signal, not 0), hence the subclass.
+* A model that cannot load, or an engine thread that dies, exits 1 so systemd's Restart= brings the node
+  back; a configuration that cannot work exits 2 before listening (restarting would not help).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+from deepseek_node.daemon.config import DaemonConfig
+
+__all__ = ["DaemonServer", "make_server", "run"]
+
+log = logging.getLogger("deepseek_node.daemon")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+class DaemonServer(uvicorn.Server):
+    """uvicorn.Server that drains the engine on the first signal and exits 0 instead of re-raising it."""
+
+    def __init__(self, config: uvicorn.Config, state: Any) -> None:
+        super().__init__(config)
+        self.state = state
+        self.exit_code = EXIT_OK
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if not self.should_exit:
+            log.info("signal %s: no longer admitting; finishing admitted requests", signal.Signals(sig).name)
+            self.state.draining = True
+            self.state.engine.begin_drain()
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+    def fail(self, reason: str) -> None:
+        """Called (from any thread) when the engine cannot serve any more: exit 1 for systemd to restart."""
+        log.error("%s: exiting for a restart", reason)
+        self.exit_code = EXIT_FAILED
+        self.should_exit = True
+
+
+def make_server(config: DaemonConfig, state: Any, app: Any) -> DaemonServer:
+    s = config.server
+    uv_config = uvicorn.Config(
+        app,
+        host=s.host,
+        port=s.port,
+        ssl_certfile=str(s.tls_cert) if s.tls_cert else None,
+        ssl_keyfile=str(s.tls_key) if s.tls_key else None,
+        timeout_graceful_shutdown=int(config.engine.shutdown_grace_s) or None,
+        access_log=False,  # the audit log has one line per request already
+        log_config=None,
+        server_header=False,
+        lifespan="on",
+        timeout_keep_alive=30,
+    )
+    return DaemonServer(uv_config, state)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    # Operational logs go to stderr; stdout carries only audit JSON lines when audit.path is null.
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("transformers", "ContinuousBatchingLogger", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(config: DaemonConfig, *, log_level: str = "INFO") -> int:
+    """Serve until a signal or a fatal engine error; the process exit code."""
+    from deepseek_node.daemon.api import create_app, wrap
+    from deepseek_node.daemon.config import ConfigError
+    from deepseek_node.daemon.runtime import build_state, prepare
+
+    setup_logging(log_level)
+    # The engine thread holds the GIL between kernel launches; a shorter switch interval lets the event
+    # loop in sooner (CPython's default is 5 ms, a long stall for streaming responses).
+    sys.setswitchinterval(float(os.environ.get("DEEPSEEK_NODE_SWITCH_INTERVAL", "0.0005")))
+    try:
+        plan = prepare(config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    log.info("plan: %s", json.dumps(config.plan, sort_keys=True, default=str))
+    log.info("load plan: %s", json.dumps(plan.describe(), sort_keys=True))
+    for note in plan.notes:
+        log.warning("%s", note)
+
+    holder: dict[str, DaemonServer] = {}
+
+    def on_fatal(reason: str) -> None:
+        if "server" in holder:
+            holder["server"].fail(reason)
+
+    state = build_state(config, plan, on_fatal=on_fatal)
+    app = create_app(state)
+    server = make_server(config, state, wrap(app, state))
+    holder["server"] = server
+    scheme = "https" if config.server.tls else "http"
+    log.info(
+        "serving %s on %s://%s:%s", config.model.served_name, scheme, config.server.host, config.server.port
+    )
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 3 when it cannot bind
+        log.error("server failed to start (exit %s)", exc.code)
+        return EXIT_FAILED
+    except OSError as exc:
+        log.error("server failed: %s", exc)
+        return EXIT_FAILED
+    return server.exit_code

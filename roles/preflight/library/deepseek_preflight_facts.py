@@ -1,0 +1,1 @@
+../../../deepseek_node/gpu/probe.py
