@@ -86,10 +86,13 @@ def endpoint_for(address: str, inventory_dir: Path, model: str = "deepseek-tiny"
 
 def chat(endpoint: Endpoint, prompt: str, stream: bool = False, max_tokens: int = 32) -> str:
     """One chat completion with the official openai client, trusting only the lab CA."""
+    import ssl
+
     import httpx
     from openai import OpenAI
 
-    with httpx.Client(verify=str(endpoint.ca_cert), timeout=120) as http:
+    trust = ssl.create_default_context(cafile=str(endpoint.ca_cert))
+    with httpx.Client(verify=trust, timeout=120) as http:
         client = OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, http_client=http, max_retries=0)
         messages = [{"role": "user", "content": prompt}]
         if not stream:

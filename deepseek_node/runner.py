@@ -103,9 +103,13 @@ def failure_line(event: dict[str, Any]) -> str | None:
     if data.get("ignore_errors"):
         return None
     res = data.get("res") or {}
-    msg = res.get("msg") or res.get("stderr") or res.get("module_stderr") or ""
+    msg = res.get("msg") or res.get("module_stderr") or ""
     if isinstance(msg, list):
         msg = " ".join(map(str, msg))
+    # A failed command's reason is on its stderr; "non-zero return code" alone tells an operator nothing.
+    stderr = str(res.get("stderr") or "").strip()
+    if stderr and stderr not in str(msg):
+        msg = f"{msg}: {stderr}" if msg else stderr
     return f"{data.get('host')}: {data.get('task')}: {str(msg).strip()[:2000]}"
 
 

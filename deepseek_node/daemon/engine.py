@@ -318,8 +318,10 @@ class BatchingEngine(Engine):
         seed: int | None = None,
         observer: Observer | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        abort_load: Callable[[], None] | None = None,
     ) -> None:
         self.served_name = served_name
+        self._abort_load = abort_load
         self.max_context = max_context
         self.vocab_size = 0
         self.max_running = max_running
@@ -364,6 +366,9 @@ class BatchingEngine(Engine):
         t0 = time.monotonic()
         try:
             backend, tokenizer, info = await asyncio.to_thread(self._loader)
+            if self._state is EngineState.STOPPED:  # shut down while the model was loading
+                await asyncio.to_thread(backend.stop)
+                return
             self._tokenizer = tokenizer
             self.vocab_size = len(tokenizer)
             self._eos_ids = tuple(info.get("eos_ids", ()))
@@ -373,6 +378,8 @@ class BatchingEngine(Engine):
             if self._warmup:
                 await self._warm_up()
         except Exception as exc:  # any load failure must surface as a clear message, not a traceback
+            if self._state in (EngineState.DRAINING, EngineState.STOPPED):
+                return  # shut down while loading: the load was aborted on purpose
             self.load_error = f"{type(exc).__name__}: {exc}"
             self._state = EngineState.FAILED
             log.error("model load failed: %s", self.load_error, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -427,8 +434,11 @@ class BatchingEngine(Engine):
             return False
 
     async def shutdown(self) -> None:
+        loading = self._backend is None and self._state is not EngineState.FAILED
         if self._state is not EngineState.FAILED:
             self._state = EngineState.STOPPED
+        if loading and self._abort_load is not None:
+            self._abort_load()  # a model load can take minutes; systemd's stop timeout is shorter
         for h in list(self._waiting) + list(self._running.values()):
             self._finish(h, "error", error="the server is shutting down")
         if self._backend is not None:

@@ -14,12 +14,14 @@ to the parent as a fatal engine error, which turns into exit 1 and a systemd res
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from deepseek_node.daemon.engine import Backend, BackendSequence, Sink, TokenUpdate
@@ -92,9 +94,25 @@ def _child_main(conn: Any, config_data: dict[str, Any], plan: Any, log_level: in
 class ProcessBackend(Backend):
     """Parent-side proxy: spawns the engine process and waits (in the loader thread) until it is loaded."""
 
-    def __init__(self, config_data: dict[str, Any], plan: Any, load_timeout: float = 3600.0) -> None:
+    def __init__(
+        self,
+        config_data: dict[str, Any],
+        plan: Any,
+        load_timeout: float = 3600.0,
+        abort: threading.Event | None = None,
+    ) -> None:
+        # `abort` is set when the daemon shuts down before the model is loaded: a load can take minutes,
+        # longer than systemd waits for a stop.
+        self._abort = abort or threading.Event()
+        if self._abort.is_set():
+            raise RuntimeError("shutting down: engine not started")
         ctx = mp.get_context("spawn")  # fork would copy torch's thread pools and locks mid-state
         self._conn, child = ctx.Pipe(duplex=True)
+        self._send_lock = threading.Lock()
+        self._sink: Sink | None = None
+        self._usage: float | None = None
+        self._fatal: str | None = None
+        self._stopping = False
         self._proc = ctx.Process(
             target=_child_main,
             args=(child, config_data, plan, logging.getLogger().getEffectiveLevel()),
@@ -103,14 +121,20 @@ class ProcessBackend(Backend):
         )
         self._proc.start()
         child.close()
-        self._send_lock = threading.Lock()
-        self._sink: Sink | None = None
-        self._usage: float | None = None
-        self._fatal: str | None = None
-        self._stopping = False
-        if not self._conn.poll(load_timeout):
-            self._proc.kill()
-            raise RuntimeError(f"the engine process did not load the model within {load_timeout:.0f}s")
+        # The child ignores SIGTERM, which is what multiprocessing's own exit handler sends it; this runs
+        # first (atexit is last-in, first-out) so an unclean exit never waits on the engine.
+        atexit.register(self._kill_at_exit)
+        self._await_ready(load_timeout)
+
+    def _await_ready(self, load_timeout: float) -> None:
+        deadline = time.monotonic() + load_timeout
+        while not self._conn.poll(0.2):
+            if self._abort.is_set():
+                self._proc.kill()
+                raise RuntimeError("shutting down: engine load aborted")
+            if time.monotonic() > deadline:
+                self._proc.kill()
+                raise RuntimeError(f"the engine process did not load the model within {load_timeout:.0f}s")
         try:
             msg = self._conn.recv()
         except EOFError:
@@ -123,6 +147,11 @@ class ProcessBackend(Backend):
             raise RuntimeError(msg[1])
         self.info: dict[str, Any] = msg[1]
         self.name = self.info["backend"]
+        self._usage = 0.0  # nothing cached yet; the child reports every _STATUS_EVERY_S from now on
+
+    def _kill_at_exit(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()
 
     def start(self, sink: Sink) -> None:
         self._sink = sink

@@ -229,7 +229,7 @@ def plan_load(
     )
 
 
-def _quantization_config(plan: LoadPlan) -> Any:
+def _quantization_config(plan: LoadPlan, model_config: dict[str, Any]) -> Any:
     import torch
 
     if plan.quantization is Quantization.NONE:
@@ -241,10 +241,16 @@ def _quantization_config(plan: LoadPlan) -> Any:
     if plan.quant_library == "bitsandbytes":
         from transformers import BitsAndBytesConfig
 
+        # bitsandbytes' int8 matmul takes 2-D/3-D inputs; MLA (DeepSeek-V2/V3) applies kv_b_proj to a 4-D
+        # latent, which fails at the first forward, so that one small projection stays unquantized.
+        skip = ["lm_head"] + (["kv_b_proj"] if model_config.get("kv_lora_rank") else [])
         if plan.quantization is Quantization.INT8:
-            return BitsAndBytesConfig(load_in_8bit=True)
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(torch, plan.dtype)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=getattr(torch, plan.dtype),
+            llm_int8_skip_modules=skip,
         )
     from torchao.quantization import Int8WeightOnlyConfig  # type: ignore[import-not-found]
     from transformers import TorchAoConfig
@@ -279,7 +285,7 @@ def load_model(cfg: ModelConfig, plan: LoadPlan, threads: int | None = None) -> 
         kwargs["max_memory"] = {
             i: int(torch.cuda.get_device_properties(i).total_memory * 0.9) for i in plan.gpus
         }
-    qc = _quantization_config(plan)
+    qc = _quantization_config(plan, read_model_config(cfg.path))
     if qc is not None:
         kwargs["quantization_config"] = qc
     model = AutoModelForCausalLM.from_pretrained(str(cfg.path), **kwargs)

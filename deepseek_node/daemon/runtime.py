@@ -7,6 +7,7 @@ however they like (uvicorn in a thread, or an in-process engine call).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -160,6 +161,8 @@ def build_engine(
     metrics: Metrics | None = None,
     on_fatal: Callable[[str], None] | None = None,
 ) -> BatchingEngine:
+    abort = threading.Event()  # set if the daemon stops before the model is loaded
+
     def loader() -> tuple[Backend, Any, dict[str, Any]]:
         if not config.engine.separate_process:
             return load_local_backend(config, plan)
@@ -170,7 +173,7 @@ def build_engine(
         # The API process needs only the tokenizer (chat template, detokenization); the weights live in
         # the engine process.
         tokenizer = AutoTokenizer.from_pretrained(str(config.model.path), local_files_only=True)
-        backend = ProcessBackend(config.model_dump(mode="json"), plan)
+        backend = ProcessBackend(config.model_dump(mode="json"), plan, abort=abort)
         info = dict(backend.info)
         info["eos_ids"] = tuple(info.get("eos_ids", ()))
         return backend, tokenizer, info
@@ -186,6 +189,7 @@ def build_engine(
         seed=config.engine.seed,
         observer=metrics,
         on_fatal=on_fatal,
+        abort_load=abort.set,
     )
 
 

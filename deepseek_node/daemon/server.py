@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -75,7 +76,7 @@ def make_server(config: DaemonConfig, state: Any, app: Any) -> DaemonServer:
         port=s.port,
         ssl_certfile=str(s.tls_cert) if s.tls_cert else None,
         ssl_keyfile=str(s.tls_key) if s.tls_key else None,
-        timeout_graceful_shutdown=int(config.engine.shutdown_grace_s) or None,
+        timeout_graceful_shutdown=math.ceil(config.engine.shutdown_grace_s),  # 0: cancel at once
         access_log=False,  # the audit log has one line per request already
         log_config=None,
         server_header=False,

@@ -84,7 +84,7 @@ class LineSink:
 
 
 class ThreadedDaemon:
-    def __init__(self, config: DaemonConfig, audit_stream: Any = None) -> None:
+    def __init__(self, config: DaemonConfig, audit_stream: Any = None, gpu_metrics: bool = True) -> None:
         from deepseek_node.daemon.api import create_app, wrap
         from deepseek_node.daemon.runtime import build_state, prepare
         from deepseek_node.daemon.server import make_server
@@ -94,7 +94,7 @@ class ThreadedDaemon:
         self.fatal: list[str] = []
         self.audit = audit_stream if audit_stream is not None else LineSink()
         self.state = build_state(
-            config, self.plan, on_fatal=self.fatal.append, audit_stream=self.audit, gpu_metrics=False
+            config, self.plan, on_fatal=self.fatal.append, audit_stream=self.audit, gpu_metrics=gpu_metrics
         )
         self.app = create_app(self.state)
         self.server = make_server(config, self.state, wrap(self.app, self.state))

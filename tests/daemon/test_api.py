@@ -342,4 +342,7 @@ def test_metrics_exposition(daemon: ThreadedDaemon, http: httpx.Client) -> None:
         'deepseek_node:request_success_total{finished_reason="length"',
     ]:
         assert name in text, name
-    assert "gpu_" not in text  # no GPU here: absent, not faked
+    from deepseek_node.daemon.metrics import NvmlCollector
+
+    # GPU series come from NVML when it answers, and are absent (not faked as zeros) when it does not.
+    assert ("deepseek_node:gpu_memory_used_bytes" in text) == NvmlCollector().available

@@ -170,3 +170,16 @@ def test_backend_choice(tiny_model_dir: Path, tiny_llama_dir: Path) -> None:
         assert on_gpu == ("continuous_batching" if cb_ok else "step")
         # The probe must leave the model as it found it (attention implementation restored).
         assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_llama_dir"])
+def test_int8_quantization_on_cpu(fixture: str, request: pytest.FixtureRequest) -> None:
+    """quantization: int8 from the plan loads through bitsandbytes and generates (MLA included)."""
+    pytest.importorskip("bitsandbytes")
+    model_dir: Path = request.getfixturevalue(fixture)
+    cfg = config_for(model_dir, "k", model={"quantization": "int8"}, engine={"separate_process": False})
+    plan = prepare(cfg)
+    assert plan.quant_library == "bitsandbytes"
+    engine = build_engine(cfg, plan)
+    [(_, h)] = asyncio.run(_run(engine, [([5, 6, 7], SamplingParams(max_tokens=6, temperature=0.0))]))
+    assert h.completion_tokens >= 1 and h.finish_reason in ("length", "stop")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -140,7 +141,12 @@ def test_sigterm_under_load_loses_nothing_accepted(tiny_model_dir: Path, tmp_pat
         # Every accepted request ran to its natural end: max_tokens, or EOS (random weights can emit it).
         for u in usages:
             assert u["finish"] in ("length", "stop"), usages
-            assert (u["completion_tokens"] == max_tokens) == (u["finish"] == "length"), usages
+            # EOS may also come as the very last allowed token ("stop" with max_tokens tokens).
+            assert (
+                u["completion_tokens"] == max_tokens
+                if u["finish"] == "length"
+                else 1 <= u["completion_tokens"] <= max_tokens
+            )
         assert all(code in (0, 503) for code in refused), refused
         assert proc.wait(timeout=60) == 0
     finally:
@@ -166,6 +172,7 @@ def test_bad_config_exits_2_before_listening(tmp_path: Path) -> None:
     assert "surprise: unknown key" in r.stderr and "auth.api_keys" in r.stderr
 
 
+@pytest.mark.slow
 def test_unloadable_model_exits_1_for_a_restart(tiny_model_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)
@@ -224,6 +231,7 @@ def test_provision_serve_generates_a_key_and_serves(tiny_model_dir: Path, tmp_pa
     assert key not in (tmp_path / "stdout").read_text()
 
 
+@pytest.mark.slow
 def test_engine_process_crash_exits_1_for_a_restart(tiny_model_dir: Path, tmp_path: Path) -> None:
     """If the engine process dies (OOM killer, driver fault), the daemon fails readiness and exits 1."""
     port = _free_port()
@@ -244,3 +252,23 @@ def test_engine_process_crash_exits_1_for_a_restart(tiny_model_dir: Path, tmp_pa
         if proc.poll() is None:
             proc.kill()
     assert "engine backend died" in (tmp_path / "stderr").read_text()
+
+
+def test_sigterm_while_loading_exits_0_promptly(tiny_model_dir: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    cfg = _write_config(tmp_path / "d.yaml", tiny_model_dir, port)
+    proc = _spawn(["-m", "deepseek_node.daemon", "--config", str(cfg)], tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # listening, model not loaded yet
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(base + "/health/live", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.05)
+        assert httpx.get(base + "/health/ready", headers=AUTH).status_code == 503
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
