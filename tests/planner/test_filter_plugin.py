@@ -1,44 +1,101 @@
-"""The Ansible filter `deepseek_plan`: plain Python first, then once through Ansible itself."""
+"""The Ansible filter `deepseek_plan`: plain Python first, then once through Ansible itself.
+
+Importing Ansible patches `sys.intern`, `socket.getaddrinfo` and dataclasses process-wide, after which
+`torch._dynamo` (imported by transformers to build a model) refuses to import. So the plain-Python calls run
+in a fresh interpreter of the same venv, all cases in one go, as Ansible itself would load the plugin: the
+test session that loads models never imports Ansible.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-# Importing Ansible patches sys.intern, after which torch._dynamo (which transformers imports to build a
-# model) refuses to import. Import it first, so this module cannot break model-loading tests after it.
-import torch._dynamo  # noqa: F401  # isort: skip
-from ansible.errors import AnsibleFilterError  # isort: skip
+from deepseek_node.inventory import host_settings
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = REPO / "plugins" / "filter"
 
+# Loads the plugin file the way Ansible does (by path), calls the filter for each case from stdin.
+DRIVER = """
+import importlib.util, json, sys
+from ansible.errors import AnsibleFilterError
+spec = importlib.util.spec_from_file_location("deepseek_plan_filter", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+results = {"registered": module.FilterModule().filters()["deepseek_plan"] is module.deepseek_plan}
+for name, (subset, host) in json.load(sys.stdin).items():
+    try:
+        results[name] = {"ok": True, "value": module.deepseek_plan(subset, host)}
+    except Exception as exc:
+        results[name] = {"ok": False, "filter_error": isinstance(exc, AnsibleFilterError), "error": str(exc)}
+print(json.dumps(results))
+"""
 
-def _load_plugin():
-    spec = importlib.util.spec_from_file_location("deepseek_plan_filter", PLUGIN_DIR / "deepseek_plan.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+OMIT = "__omit_place_holder__5f1f0ca3a2bd"
+SAME_AS_CLI = {
+    "deepseek_hardware_profile": "h100-sxm-80g-x8",
+    "deepseek_hardware_overrides": {"gpu_count": 4},
+    "deepseek_model": "deepseek-r1-distill-llama-70b",
+    "deepseek_serving_goal": "latency",
+    "deepseek_max_context": 16384,
+}
 
 
-plugin = _load_plugin()
+@pytest.fixture(scope="module")
+def calls(tiny_model_dir: Path) -> dict[str, Any]:
+    cases = {
+        "lab": (
+            {"deepseek_hardware_profile": "cpu-only", "deepseek_model_dir": str(tiny_model_dir)},
+            "lab-node-1",
+        ),
+        "same_as_cli": (SAME_AS_CLI, "gpu-1"),
+        "omit": (
+            {
+                "deepseek_hardware_profile": "h200-sxm-141g-x8",
+                "deepseek_model": "deepseek-r1",
+                "deepseek_model_dir": OMIT,
+                "deepseek_max_context": OMIT,
+                "deepseek_hardware_overrides": {},
+            },
+            "gpu-2",
+        ),
+        "host_in_vars": ({"inventory_hostname": "gpu-9", "deepseek_hardware_profile": "cpu-only"}, None),
+        "invalid": (
+            {
+                "deepseek_hardware_profile": "h100-sxm-80g-x8",
+                "deepseek_hardware_overrides": {"gpu_count": -1},
+                "deepseek_model": "deepseek-v3",
+                "deepseek_serving_goal": "fast",
+            },
+            "gpu-3",
+        ),
+        "no_fit": (
+            {"deepseek_hardware_profile": "h100-pcie-80g-x4", "deepseek_model": "deepseek-v3"},
+            "gpu-4",
+        ),
+        "not_a_dict": ("cpu-only", "gpu-5"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(PLUGIN_DIR / "deepseek_plan.py")],
+        input=json.dumps(cases), capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return json.loads(proc.stdout)
 
 
-def test_registered_under_its_name() -> None:
-    assert plugin.FilterModule().filters()["deepseek_plan"] is plugin.deepseek_plan
+def test_registered_under_its_name(calls: dict[str, Any]) -> None:
+    assert calls["registered"] is True
 
 
-def test_lab_node_gets_the_daemon_config(tiny_model_dir: Path) -> None:
-    config = plugin.deepseek_plan(
-        {"deepseek_hardware_profile": "cpu-only", "deepseek_model_dir": str(tiny_model_dir)}, "lab-node-1"
-    )
+def test_lab_node_gets_the_daemon_config(calls: dict[str, Any]) -> None:
+    assert calls["lab"]["ok"], calls["lab"]
+    config = calls["lab"]["value"]
     assert config["model"] == {
         "dtype": "float32",
         "quantization": "none",
@@ -50,53 +107,24 @@ def test_lab_node_gets_the_daemon_config(tiny_model_dir: Path) -> None:
     assert config["plan"]["precision"] == "fp32" and config["plan"]["reasons"]
 
 
-def test_same_plan_as_the_cli_path() -> None:
-    from deepseek_node.inventory import host_settings
-
-    hostvars = {
-        "deepseek_hardware_profile": "h100-sxm-80g-x8",
-        "deepseek_hardware_overrides": {"gpu_count": 4},
-        "deepseek_model": "deepseek-r1-distill-llama-70b",
-        "deepseek_serving_goal": "latency",
-        "deepseek_max_context": 16384,
-    }
-    assert (
-        plugin.deepseek_plan(hostvars, "gpu-1") == host_settings("gpu-1", hostvars).plan().to_daemon_config()
-    )
+def test_same_plan_as_the_cli_path(calls: dict[str, Any]) -> None:
+    """One implementation, two surfaces: the filter returns what `provision plan` computes."""
+    assert calls["same_as_cli"]["value"] == host_settings("gpu-1", SAME_AS_CLI).plan().to_daemon_config()
 
 
-def test_omit_placeholders_count_as_unset() -> None:
-    omit = "__omit_place_holder__5f1f0ca3a2bd"
-    config = plugin.deepseek_plan(
-        {
-            "deepseek_hardware_profile": "h200-sxm-141g-x8",
-            "deepseek_model": "deepseek-r1",
-            "deepseek_model_dir": omit,
-            "deepseek_max_context": omit,
-            "deepseek_hardware_overrides": {},
-        },
-        "gpu-2",
-    )
-    assert config["model"]["quantization"] == "fp8"
+def test_omit_placeholders_count_as_unset(calls: dict[str, Any]) -> None:
+    assert calls["omit"]["value"]["model"]["quantization"] == "fp8"
 
 
-def test_host_name_may_come_with_the_variables() -> None:
-    with pytest.raises(AnsibleFilterError, match="host gpu-9: deepseek_model"):
-        plugin.deepseek_plan({"inventory_hostname": "gpu-9", "deepseek_hardware_profile": "cpu-only"})
+def test_host_name_may_come_with_the_variables(calls: dict[str, Any]) -> None:
+    assert calls["host_in_vars"]["filter_error"]
+    assert "host gpu-9: deepseek_model" in calls["host_in_vars"]["error"]
 
 
-def test_invalid_inventory_names_host_key_and_fix() -> None:
-    with pytest.raises(AnsibleFilterError) as exc:
-        plugin.deepseek_plan(
-            {
-                "deepseek_hardware_profile": "h100-sxm-80g-x8",
-                "deepseek_hardware_overrides": {"gpu_count": -1},
-                "deepseek_model": "deepseek-v3",
-                "deepseek_serving_goal": "fast",
-            },
-            "gpu-3",
-        )
-    text = str(exc.value)
+def test_invalid_inventory_names_host_key_and_fix(calls: dict[str, Any]) -> None:
+    result = calls["invalid"]
+    assert result["filter_error"]
+    text = result["error"]
     assert "host gpu-3: deepseek_hardware_overrides.gpu_count" in text
     assert (
         "host gpu-3: deepseek_serving_goal: 'fast' is not a serving goal; fix: use throughput or latency"
@@ -105,20 +133,15 @@ def test_invalid_inventory_names_host_key_and_fix() -> None:
     assert "nothing was changed" in text
 
 
-def test_model_that_cannot_fit_fails_with_what_would() -> None:
-    with pytest.raises(AnsibleFilterError) as exc:
-        plugin.deepseek_plan(
-            {"deepseek_hardware_profile": "h100-pcie-80g-x4", "deepseek_model": "deepseek-v3"}, "gpu-4"
-        )
-    assert (
-        "host gpu-4: deepseek-v3 does not fit on h100-pcie-80g-x4; use 8 GPUs like h100-pcie-80g-x8"
-        in str(exc.value)
-    )
+def test_model_that_cannot_fit_fails_with_what_would(calls: dict[str, Any]) -> None:
+    result = calls["no_fit"]
+    assert result["filter_error"]
+    expected = "host gpu-4: deepseek-v3 does not fit on h100-pcie-80g-x4; use 8 GPUs like h100-pcie-80g-x8"
+    assert expected in result["error"]
 
 
-def test_not_a_dict() -> None:
-    with pytest.raises(AnsibleFilterError, match="expects a dict"):
-        plugin.deepseek_plan("cpu-only")
+def test_not_a_dict(calls: dict[str, Any]) -> None:
+    assert calls["not_a_dict"]["filter_error"] and "expects a dict" in calls["not_a_dict"]["error"]
 
 
 def _ansible_debug(tmp_path: Path, subset: dict, host: str) -> subprocess.CompletedProcess[str]:
