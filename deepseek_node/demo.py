@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from deepseek_node.gpu import GPU_ROLES
 from deepseek_node.paths import cache_dir, project_root
 
 DAEMON_PORT = 8443
@@ -70,6 +71,8 @@ def build_demo_bundle(out: Path, say: Say) -> Path:
         model_dir=tiny_model_cached(cache_dir()),
         model_name="deepseek-tiny",
         cache=cache_dir() / "bundle",
+        # The lab has no GPUs: leave the GPU stack's packages (about 1.7 GiB) out of the demo bundle.
+        skip_roles=GPU_ROLES,
     )
     build_bundle(spec, progress=say)
     return out

@@ -7,8 +7,10 @@ status) are kept under the artifacts directory for the audit trail.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,21 +115,34 @@ def failure_line(event: dict[str, Any]) -> str | None:
     return f"{data.get('host')}: {data.get('task')}: {str(msg).strip()[:2000]}"
 
 
+def _prune_old_runs(base: Path, keep: int) -> None:
+    runs = sorted((p for p in base.iterdir() if p.is_dir() and p.name[:8].isdigit()), key=lambda p: p.name)
+    for old in runs[:-keep] if len(runs) > keep else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def run(cfg: RunConfig, on_event: EventHandler | None = None) -> RunResult:
     import ansible_runner
 
     validate(cfg)
     root = project_root()
-    artifacts = (cfg.artifacts_dir or root / "artifacts").resolve()
+    base = (cfg.artifacts_dir or root / "artifacts").resolve()
     # Run artifacts hold extra vars and full task results: keep them private to the operator.
-    artifacts.mkdir(parents=True, exist_ok=True, mode=0o700)
-    artifacts.chmod(0o700)
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    base.chmod(0o700)
+    # One private data dir per run: ansible-runner re-reads env/cmdline and env/extravars from it, so a
+    # shared one would silently carry a previous run's --check or extra vars into this one.
+    artifacts = base / (time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}")
+    artifacts.mkdir(mode=0o700)
+    _prune_old_runs(base, keep=50)
     # ansible-playbook must be the one beside this interpreter (the venv), not whatever PATH finds first.
     bindir = str(Path(sys.executable).parent)
     envvars = {
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "ANSIBLE_FORCE_COLOR": "0",
+        # ansible-runner turns host key checking off by default; an operator's fleet keeps it on.
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
     }
     cmdline = []
     if cfg.check:
@@ -167,7 +182,6 @@ def run(cfg: RunConfig, on_event: EventHandler | None = None) -> RunResult:
             event_handler=handler,
             quiet=True,
             verbosity=cfg.verbosity or None,
-            rotate_artifacts=50,
         )
     finally:
         os.environ["PATH"] = old_path

@@ -34,6 +34,7 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real offline bundle (Debian packages, wheelhouse, tiny model), built once per session."""
     from deepseek_node.bundle.build import BundleSpec, build_bundle
+    from deepseek_node.gpu import GPU_ROLES
     from deepseek_node.paths import cache_dir, project_root
     from deepseek_node.tiny_model import tiny_model_cached
 
@@ -44,6 +45,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model_dir=tiny_model_cached(cache_dir()),
         model_name="deepseek-tiny",
         cache=cache_dir() / "bundle",
+        skip_roles=GPU_ROLES,  # lab targets have no GPU; tests/gpu builds its own GPU bundle
     )
     build_bundle(spec, progress=lambda _msg: None)
     return out

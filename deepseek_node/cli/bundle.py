@@ -34,12 +34,18 @@ def build(
     apt_package: list[str] = typer.Option(
         [], "--apt-package", help="Extra Debian package to include (repeat)."
     ),
-    skip_role: list[str] = typer.Option([], "--skip-role", help="Leave out a role's packages, e.g. nvidia_driver."),
+    skip_role: list[str] = typer.Option(
+        [], "--skip-role", help="Leave out a role's packages, e.g. nvidia_driver."
+    ),
+    without_gpu_stack: bool = typer.Option(
+        False, "--without-gpu-stack", help="Leave out the GPU stack (driver, CUDA, ...) for CPU-only fleets."
+    ),
 ) -> None:
     """Assemble everything a target needs: signed apt repo, wheelhouse, model, manifest.json."""
     from deepseek_node.bundle.apt import AptSource
     from deepseek_node.bundle.build import BundleSpec, build_bundle
     from deepseek_node.bundle.manifest import BundleError
+    from deepseek_node.gpu import GPU_ROLES
     from deepseek_node.paths import cache_dir, project_root
 
     if (model_dir is None) == (not tiny_model):
@@ -61,7 +67,7 @@ def build(
         cache=cache_dir() / "bundle",
         apt_source=AptSource(mirror=mirror, security_mirror=security_mirror, suite=suite),
         extra_apt_packages=tuple(apt_package),
-        skip_roles=tuple(skip_role),
+        skip_roles=tuple(skip_role) + (GPU_ROLES if without_gpu_stack else ()),
     )
     try:
         build_bundle(spec, progress=lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))

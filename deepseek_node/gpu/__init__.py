@@ -19,7 +19,12 @@ from deepseek_node.gpu.versions import (
     upstream_version,
 )
 
+# The roles that make the GPU stack: what `skip_roles` leaves out of a bundle for CPU-only fleets, demos and
+# lab runs (their Debian packages are ~1.7 GiB, nearly all of it the CUDA toolkit).
+GPU_ROLES = ("nvidia_driver", "fabric_manager", "cuda_toolkit", "nvidia_container_toolkit")
+
 __all__ = [
+    "GPU_ROLES",
     "CompatMode",
     "CudaVersionError",
     "GpuStack",

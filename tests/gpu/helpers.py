@@ -151,7 +151,7 @@ def dpkg_version(lab, name: str, package: str) -> str:
 
 def held(lab, name: str, package: str) -> bool:
     out = lab.run(name, f"dpkg --get-selections {shlex.quote(package)}").stdout
-    return bool(re.search(rf"^{re.escape(package)}\s+hold$", out, re.M))
+    return bool(re.search(rf"^{re.escape(package)}(:\w+)?\s+hold$", out, re.M))
 
 
 def seed_bundle(lab, name: str, bundle: Path, dest: str = "/srv/deepseek-node/bundle") -> None:

@@ -150,6 +150,22 @@ SYSTEMS: dict[str, Recorded] = {
             },
         ),
         Recorded(
+            name="debian12-hgx-fm-mismatch",
+            facts=_facts("Debian", "12.11", "Debian", "6.1.0-37-amd64", "bookworm"),
+            devices=_hgx(H100_SXM, NVSWITCH_H100, 4),
+            secure_boot=False,
+            headers_listing="linux-headers-6.1.0-37-amd64:\n  Installed: (none)\n  Candidate: 6.1.140-1\n",
+            repo={
+                "nvidia-kernel-dkms": [DEB_DRIVER],
+                "nvidia-smi": [DEB_DRIVER],
+                "libcuda1": [DEB_DRIVER],
+                "libnvidia-ml1": [DEB_DRIVER],
+                "nvidia-fabricmanager-535": ["535.261.03-1"],  # an older driver's Fabric Manager
+                "nvidia-cuda-toolkit": ["11.8.89~11.8.0-5~deb12u1"],
+                **NCT,
+            },
+        ),
+        Recorded(
             name="ubuntu2204-l40s-secureboot",
             facts=_facts("Ubuntu", "22.04", "Debian", "5.15.0-105-generic", "jammy"),
             devices=[(f"0000:{b}:00.0", "0x10de", L40S, GPU_CLASS) for b in ("17", "31", "b1", "ca")]

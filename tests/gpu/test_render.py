@@ -109,6 +109,13 @@ def test_debian12_hgx(rendered: dict) -> None:
     assert r["fact_file"]["nvswitch_count"] == 4 and r["fact_file"]["gpu_stack"]["fabric_manager"] is True
 
 
+def test_fabric_manager_of_another_driver_version_is_refused(rendered: dict) -> None:
+    r = rendered["debian12-hgx-fm-mismatch"]
+    assert r["render"] is None
+    assert "Check Fabric Manager is offered at exactly the driver's version" in r["failed"]
+    assert "535.309.01" in r["failed"] and "535.261.03-1" in r["failed"]
+
+
 def test_ubuntu2204_secure_boot_pcie(rendered: dict) -> None:
     r = ok(rendered, "ubuntu2204-l40s-secureboot")
     f = r["family"]
