@@ -14,7 +14,7 @@ from typing import Any
 
 from deepseek_node.daemon.config import DaemonConfig, parse_config
 
-__all__ = ["LineSink", "ThreadedDaemon", "config_for"]
+__all__ = ["LineSink", "ThreadedDaemon", "config_for", "self_signed_cert"]
 
 
 def config_for(
@@ -135,3 +135,45 @@ class ThreadedDaemon:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def self_signed_cert(directory: Path, common_name: str = "deepseek-node-test") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost and its key (0600), as PEM files in `directory`."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "server.crt", directory / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
