@@ -73,7 +73,7 @@ def run_with_progress(console: Console, fn, *args: Any) -> RunResult:
 
 
 def summary_table(result: RunResult) -> Table:
-    table = Table(title=f"{result.status} in {result.seconds:.0f}s — artifacts: {result.artifacts}")
+    table = Table(title=f"{result.status} in {result.seconds:.0f}s", caption=f"artifacts: {result.artifacts}")
     for col in ("host", "ok", "changed", "failed", "unreachable", "skipped"):
         table.add_column(col)
     for host, s in sorted(result.hosts.items()):
