@@ -194,6 +194,14 @@ def _state(request: Request) -> DaemonState:
     return request.app.state.daemon  # type: ignore[no-any-return]
 
 
+def _event_stream(events: Any) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 def _audit(request: Request) -> dict[str, Any]:
     return request.scope.setdefault("state", {}).setdefault("audit", {})  # type: ignore[no-any-return]
 
@@ -554,15 +562,20 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
             },
         }
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
+    async def admit(request: Request, model_cls: type[M]) -> tuple[M, dict[str, Any]]:
+        """What every generation route does first: key, body, audit record, model allow-list, readiness."""
         principal = authorize(request, KeyScope.INFERENCE)
-        body = await parse_body(request, P.ChatCompletionRequest)
+        body = await parse_body(request, model_cls)
         audit = _audit(request)
         audit["model"] = body.model[:256]
         audit["stream"] = body.stream
         check_model(state, principal, body.model)
         require_ready(state)
+        return body, audit
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body, audit = await admit(request, P.ChatCompletionRequest)
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in body.messages
@@ -585,24 +598,14 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
                 return P.chat_chunk(cid, model, created, {"content": text} if text else {}, reason)
 
             first = P.chat_chunk(cid, model, created, {"role": "assistant", "content": ""})
-            return StreamingResponse(
-                _stream(handle, chunk, first, body.include_usage, audit),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+            return _event_stream(_stream(handle, chunk, first, body.include_usage, audit))
         text, reason = await _collect(handle, request)
         _finish_audit(audit, handle, text, reason)
         return JSONResponse(P.chat_response(cid, model, text, reason, _usage(handle), created))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        principal = authorize(request, KeyScope.INFERENCE)
-        body = await parse_body(request, P.CompletionRequest)
-        audit = _audit(request)
-        audit["model"] = body.model[:256]
-        audit["stream"] = body.stream
-        check_model(state, principal, body.model)
-        require_ready(state)
+        body, audit = await admit(request, P.CompletionRequest)
         prompt = body.prompt_text_or_ids()
         if isinstance(prompt, str):
             text_prompt = prompt
@@ -632,11 +635,7 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
                     return P.completion_chunk(cid, model, created, None, usage=usage)
                 return P.completion_chunk(cid, model, created, text or "", reason)
 
-            return StreamingResponse(
-                _stream(handle, chunk, None, body.include_usage, audit),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+            return _event_stream(_stream(handle, chunk, None, body.include_usage, audit))
         text, reason = await _collect(handle, request)
         _finish_audit(audit, handle, text, reason)
         return JSONResponse(P.completion_response(cid, model, text, reason, _usage(handle), created))
