@@ -115,13 +115,22 @@ class RequestContext:
         scope["state"]["request_id"] = rid
         scope["state"]["audit"] = audit
         status_box = [500]
+        recorded = [False]
         limit = self.state.config.server.max_body_bytes
+
+        def record_once() -> None:
+            if not recorded[0]:
+                recorded[0] = True
+                self._record(scope, rid, audit, status_box[0], time.perf_counter() - t0)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_box[0] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*list(message["headers"]), (b"x-request-id", rid.encode())]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Written before the last byte leaves: a client that has its answer finds its audit line.
+                record_once()
             await send(message)
 
         try:
@@ -153,7 +162,7 @@ class RequestContext:
             except Exception:
                 # Starlette re-raises after it has sent the 500; it is logged there, recorded here.
                 log.debug("request %s failed", rid, exc_info=True)
-        self._record(scope, rid, audit, status_box[0], time.perf_counter() - t0)
+        record_once()  # the client went away before the response ended
 
     def _record(self, scope: Scope, rid: str, audit: dict[str, Any], status: int, elapsed: float) -> None:
         # Label by route template, never by raw path: random paths from a scanner must not grow the series.
