@@ -57,7 +57,9 @@ def write_lab_group_vars(inventory_dir: Path, bundle_dir: Path) -> Path:
         ],
     }
     path = gv / "deepseek.yml"
-    path.write_text("---\n# Written by deepseek-node for the local lab.\n" + yaml.safe_dump(data, sort_keys=False))
+    path.write_text(
+        "---\n# Written by deepseek-node for the local lab.\n" + yaml.safe_dump(data, sort_keys=False)
+    )
     return path
 
 
@@ -99,7 +101,9 @@ def chat(endpoint: Endpoint, prompt: str, stream: bool = False, max_tokens: int 
         client = OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, http_client=http, max_retries=0)
         messages = [{"role": "user", "content": prompt}]
         if not stream:
-            resp = client.chat.completions.create(model=endpoint.model, messages=messages, max_tokens=max_tokens)
+            resp = client.chat.completions.create(
+                model=endpoint.model, messages=messages, max_tokens=max_tokens
+            )
             return resp.choices[0].message.content or ""
         parts = []
         for chunk in client.chat.completions.create(

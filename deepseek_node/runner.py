@@ -75,7 +75,9 @@ class RunResult:
 def validate(cfg: RunConfig) -> None:
     """Bad input fails here, before ansible starts."""
     if not cfg.inventory.exists():
-        raise RunError(f"inventory {cfg.inventory} does not exist: pass -i with a hosts file or inventory directory")
+        raise RunError(
+            f"inventory {cfg.inventory} does not exist: pass -i with a hosts file or inventory directory"
+        )
     root = project_root()
     if not (root / cfg.playbook).is_file():
         raise RunError(f"playbook {cfg.playbook} not found in {root}: use site.yml or one of playbooks/*.yml")

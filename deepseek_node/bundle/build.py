@@ -42,7 +42,9 @@ def role_apt_packages(project_root: Path, skip_roles: tuple[str, ...] = ()) -> d
     roles = {p.parent.parent.name for p in project_root.glob("roles/*/defaults/main.yml")}
     unknown = sorted(set(skip_roles) - roles)
     if unknown:
-        raise BundleError(f"cannot skip unknown role(s) {', '.join(unknown)}: choose from {', '.join(sorted(roles))}")
+        raise BundleError(
+            f"cannot skip unknown role(s) {', '.join(unknown)}: choose from {', '.join(sorted(roles))}"
+        )
     out: dict[str, list[str]] = {}
     for defaults in sorted(project_root.glob("roles/*/defaults/main.yml")):
         role = defaults.parent.parent.name

@@ -127,7 +127,9 @@ def verify_bundle(root: Path, subsets: tuple[str, ...] = ()) -> VerifyReport:
         return not subsets or any(rel.startswith(s) for s in subsets)
 
     if subsets and not any(wanted(rel) for rel in expected):
-        raise BundleError(f"the manifest lists no files under {', '.join(subsets)}: the bundle is incomplete; rebuild it")
+        raise BundleError(
+            f"the manifest lists no files under {', '.join(subsets)}: the bundle is incomplete; rebuild it"
+        )
     report = VerifyReport()
     present = {rel for rel in list_files(root) if wanted(rel)}
     for rel in sorted(rel for rel in expected if wanted(rel)):

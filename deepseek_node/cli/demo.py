@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
         hosts: int = typer.Option(1, "--hosts", min=1, max=8, help="Lab targets to provision."),
-        bundle_out: Path = typer.Option(None, "--bundle", help="Where to build the bundle (default in the cache)."),
+        bundle_out: Path = typer.Option(
+            None, "--bundle", help="Where to build the bundle (default in the cache)."
+        ),
         prompt: str = typer.Option("Hello! What can you do?", help="The chat message to send."),
     ) -> None:
         """Lab up → offline bundle → site.yml → a chat completion from the target over TLS."""
@@ -32,7 +34,9 @@ def register(app: typer.Typer) -> None:
         started = time.monotonic()
 
         def step(msg: str) -> None:
-            console.print(f"[bold cyan]==>[/] {msg} [dim]({time.monotonic() - started:.0f}s)[/]", highlight=False)
+            console.print(
+                f"[bold cyan]==>[/] {msg} [dim]({time.monotonic() - started:.0f}s)[/]", highlight=False
+            )
 
         try:
             step(f"lab: booting {hosts} Debian 12 target(s) with no route out")

@@ -24,7 +24,6 @@ demo.register(app)
 check.register(app)
 
 
-
 def main() -> None:
     """Console entry: errors every command can hit are reported as one clear line, not a traceback."""
     from deepseek_node.paths import ProjectNotFound

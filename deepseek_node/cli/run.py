@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
     def run_cmd(
         inventory: Path = typer.Option(..., "-i", "--inventory", help="Inventory file or directory."),
         limit: str = typer.Option(None, "--limit", "-l", help="Limit to hosts or groups (Ansible pattern)."),
-        tags: list[str] = typer.Option([], "--tags", "-t", help="Run only these concerns (repeat or comma list)."),
+        tags: list[str] = typer.Option(
+            [], "--tags", "-t", help="Run only these concerns (repeat or comma list)."
+        ),
         skip_tags: list[str] = typer.Option([], "--skip-tags"),
         check: bool = typer.Option(False, "--check", help="Dry run: report what would change."),
         diff: bool = typer.Option(False, "--diff", help="Show file differences."),

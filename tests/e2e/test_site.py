@@ -23,7 +23,9 @@ def site(lab, bundle_dir: Path) -> dict:
     hosts = lab.up(count=2)
     inventory_dir = lab.inventory_path.parent
     write_lab_group_vars(inventory_dir, bundle_dir)
-    first = run(RunConfig(inventory=lab.inventory_path, limit=hosts[0].name, artifacts_dir=inventory_dir / "runs"))
+    first = run(
+        RunConfig(inventory=lab.inventory_path, limit=hosts[0].name, artifacts_dir=inventory_dir / "runs")
+    )
     return {"hosts": hosts, "inventory_dir": inventory_dir, "first": first}
 
 
@@ -80,13 +82,17 @@ def test_host_state_is_hardened(site: dict, lab) -> None:
 def test_second_run_changes_nothing(site: dict, lab) -> None:
     _assert_ok(site["first"])
     inv = site["inventory_dir"]
-    again = run(RunConfig(inventory=lab.inventory_path, limit=site["hosts"][0].name, artifacts_dir=inv / "runs"))
+    again = run(
+        RunConfig(inventory=lab.inventory_path, limit=site["hosts"][0].name, artifacts_dir=inv / "runs")
+    )
     _assert_ok(again)
     assert again.changed == 0, f"second run changed {again.changed} tasks: {again.artifacts}"
     print(f"second run: {again.seconds:.1f}s, changed=0")
 
 
-def test_tampered_bundle_fails_before_anything_is_installed(site: dict, lab, bundle_dir: Path, tmp_path: Path) -> None:
+def test_tampered_bundle_fails_before_anything_is_installed(
+    site: dict, lab, bundle_dir: Path, tmp_path: Path
+) -> None:
     tampered = tmp_path / "tampered"
     shutil.copytree(bundle_dir, tampered)
     deb = sorted((tampered / "apt").glob("*.deb"))[0]
@@ -103,5 +109,7 @@ def test_tampered_bundle_fails_before_anything_is_installed(site: dict, lab, bun
     assert not result.ok
     assert any("Verify the bundle on the controller" in f for f in result.failures), result.failures
     assert any(deb.name in f for f in result.failures)
-    probe = lab.run(bare, "test -e /srv/deepseek-node || echo clean; dpkg -s python3-venv >/dev/null 2>&1 || echo none")
+    probe = lab.run(
+        bare, "test -e /srv/deepseek-node || echo clean; dpkg -s python3-venv >/dev/null 2>&1 || echo none"
+    )
     assert "clean" in probe.stdout and "none" in probe.stdout

@@ -43,7 +43,9 @@ def test_refuses_to_overwrite_a_directory_that_is_not_a_bundle(tmp_path: Path) -
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    spec = BundleSpec(out=out, project_root=project_root(), model_dir=model, model_name="m", cache=tmp_path / "c")
+    spec = BundleSpec(
+        out=out, project_root=project_root(), model_dir=model, model_name="m", cache=tmp_path / "c"
+    )
     with pytest.raises(BundleError, match="not a bundle"):
         build_bundle(spec, progress=lambda _m: None)
     assert (out / "precious.txt").read_text() == "keep me"
@@ -54,7 +56,10 @@ def test_refuses_to_overwrite_a_directory_that_is_not_a_bundle(tmp_path: Path) -
     [
         (["bundle", "build", "--out", "/tmp/x"], "exactly one of --model-dir"),
         (["bundle", "build", "--out", "/tmp/x", "--tiny-model", "--model-dir", "/tmp"], "exactly one of"),
-        (["bundle", "build", "--out", "/tmp/x", "--model-dir", "/tmp", "--model-name", "bad name!"], "invalid"),
+        (
+            ["bundle", "build", "--out", "/tmp/x", "--model-dir", "/tmp", "--model-name", "bad name!"],
+            "invalid",
+        ),
     ],
 )
 def test_bundle_build_flag_errors(args: list[str], needle: str) -> None:

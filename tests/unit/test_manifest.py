@@ -73,10 +73,14 @@ def test_not_a_bundle(tmp_path: Path) -> None:
 def test_standalone_script_runs_with_stdlib_only(bundle: Path) -> None:
     """The role runs this file with the target's system python3, outside the package."""
     script = Path(m.__file__)
-    ok = subprocess.run([sys.executable, "-I", str(script), "verify", str(bundle)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-I", str(script), "verify", str(bundle)], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
     (bundle / "apt" / "a.deb").write_bytes(b"tampered")
     bad = subprocess.run(
-        [sys.executable, "-I", str(script), "verify", str(bundle), "--subset=apt/"], capture_output=True, text=True
+        [sys.executable, "-I", str(script), "verify", str(bundle), "--subset=apt/"],
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 1 and "apt/a.deb" in bad.stderr

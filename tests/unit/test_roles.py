@@ -23,7 +23,9 @@ def test_role_has_defaults_specs_and_meta(role: str) -> None:
 def test_every_default_is_prefixed_and_specified(role: str) -> None:
     base = project_root() / "roles" / role
     defaults = yaml.safe_load((base / "defaults/main.yml").read_text()) or {}
-    specs = yaml.safe_load((base / "meta/argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    specs = yaml.safe_load((base / "meta/argument_specs.yml").read_text())["argument_specs"]["main"][
+        "options"
+    ]
     for name in defaults:
         assert name.startswith(role + "_"), f"{role}: default {name} is not prefixed with the role name"
         assert name in specs, f"{role}: default {name} has no argument spec (bad values would not fail early)"
@@ -44,4 +46,6 @@ def test_tasks_handling_api_keys_hide_them() -> None:
         for task in yaml.safe_load(path.read_text()) or []:
             text = yaml.safe_dump(task)
             if "api_keys" in text or "probe_key" in text:
-                assert task.get("no_log") is True, f"{path.name}: '{task.get('name')}' handles keys without no_log"
+                assert task.get("no_log") is True, (
+                    f"{path.name}: '{task.get('name')}' handles keys without no_log"
+                )

@@ -19,7 +19,13 @@ from deepseek_node.runner import (
 
 
 def test_stats_from_event_collects_every_host() -> None:
-    data = {"ok": {"a": 5, "b": 3}, "changed": {"a": 2}, "failures": {"b": 1}, "dark": {"c": 1}, "skipped": {}}
+    data = {
+        "ok": {"a": 5, "b": 3},
+        "changed": {"a": 2},
+        "failures": {"b": 1},
+        "dark": {"c": 1},
+        "skipped": {},
+    }
     hosts = stats_from_event(data)
     assert hosts["a"] == HostStats(ok=5, changed=2)
     assert hosts["b"].failed == 1 and hosts["c"].unreachable == 1
