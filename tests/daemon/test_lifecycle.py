@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from deepseek_node.daemon.testing import config_for
 from tests.daemon.conftest import KEY
@@ -65,6 +66,17 @@ def _wait_ready(
     raise AssertionError("daemon never became ready")
 
 
+def _admitted(exposition: str) -> float:
+    """Requests the engine has taken: decoding + waiting + finished (any reason)."""
+    total = 0.0
+    for fam in text_string_to_metric_families(exposition):
+        if fam.name in ("deepseek_node:num_requests_running", "deepseek_node:num_requests_waiting"):
+            total += sum(s.value for s in fam.samples)
+        elif fam.name == "deepseek_node:request_success":
+            total += sum(s.value for s in fam.samples if s.name.endswith("_total"))
+    return total
+
+
 @pytest.mark.slow
 def test_sigterm_under_load_loses_nothing_accepted(tiny_model_dir: Path, tmp_path: Path) -> None:
     port = _free_port()
@@ -78,12 +90,9 @@ def test_sigterm_under_load_loses_nothing_accepted(tiny_model_dir: Path, tmp_pat
         n, max_tokens = 24, 60
 
         async def load() -> tuple[list[dict], list[int]]:
-            accepted = asyncio.Event()
-            started = 0
             async with httpx.AsyncClient(base_url=base, timeout=60) as c:
 
                 async def one(i: int) -> dict:
-                    nonlocal started
                     body = {
                         "model": "deepseek-tiny",
                         "messages": [{"role": "user", "content": f"q{i}"}],
@@ -93,20 +102,11 @@ def test_sigterm_under_load_loses_nothing_accepted(tiny_model_dir: Path, tmp_pat
                     }
                     if not body["stream"]:
                         body.pop("stream_options")
-                        # Non-streaming: the response only comes at the end; count it accepted once sent.
-                        task = asyncio.create_task(c.post("/v1/chat/completions", headers=AUTH, json=body))
-                        await asyncio.sleep(0.3)
-                        started += 1
-                        if started == n:
-                            accepted.set()
-                        r = await task
+                        r = await c.post("/v1/chat/completions", headers=AUTH, json=body)
                         assert r.status_code == 200, r.text
                         return {**r.json()["usage"], "finish": r.json()["choices"][0]["finish_reason"]}
                     async with c.stream("POST", "/v1/chat/completions", headers=AUTH, json=body) as r:
                         assert r.status_code == 200
-                        started += 1
-                        if started == n:
-                            accepted.set()
                         usage, finish, last = None, None, ""
                         async for line in r.aiter_lines():
                             if line.startswith("data: {"):
@@ -119,7 +119,12 @@ def test_sigterm_under_load_loses_nothing_accepted(tiny_model_dir: Path, tmp_pat
                         return {**usage, "finish": finish}
 
                 tasks = [asyncio.create_task(one(i)) for i in range(n)]
-                await asyncio.wait_for(accepted.wait(), 30)
+                # Signal only once the engine holds all n (running, waiting or done): the daemon's own count,
+                # not a guess at how long admission takes on a loaded machine.
+                deadline = time.monotonic() + 30
+                while _admitted((await c.get("/metrics", headers=AUTH)).text) < n:
+                    assert time.monotonic() < deadline, "requests were not all admitted"
+                    await asyncio.sleep(0.02)
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
                 # After the signal nothing new is admitted: refused connection or 503.
