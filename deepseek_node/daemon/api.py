@@ -259,7 +259,13 @@ async def parse_body(request: Request, model: type[M]) -> M:
         loc = ".".join(str(p) for p in first.get("loc", ()))
         msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
         more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
-        raise APIError(400, f"{loc}: {msg}{more}" if loc else f"{msg}{more}", param=loc or None) from None
+        cause = (first.get("ctx") or {}).get("error")
+        raise APIError(
+            400,
+            f"{loc}: {msg}{more}" if loc else f"{msg}{more}",
+            param=loc or None,
+            code=cause.code if isinstance(cause, P.Unsupported) else None,
+        ) from None
 
 
 def check_model(state: DaemonState, principal: Principal, name: str) -> None:
@@ -495,6 +501,7 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
     )
     app.state.daemon = state
     state.metrics.bind(state.engine.stats)
+    fp = P.fingerprint(_pkg_version, state.config.model.served_name, str(state.config.model.max_context))
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -544,6 +551,19 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
         principal = authorize(request, KeyScope.INFERENCE)
         name = state.config.model.served_name
         return P.models_list([name] if principal.may_use(name) else [], state.created)
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(request: Request, model_id: str) -> dict[str, Any]:
+        principal = authorize(request, KeyScope.INFERENCE)
+        name = state.config.model.served_name
+        if model_id != name or not principal.may_use(name):  # a model the key may not use is not listed
+            raise APIError(
+                404,
+                f"the model '{model_id[:200]}' does not exist on this server",
+                param="model",
+                code="model_not_found",
+            )
+        return P.model_card(name, state.created)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
@@ -600,17 +620,18 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
         cid = f"chatcmpl-{rid}"
         model = state.config.model.served_name
         if body.stream:
+            extra: dict[str, Any] = {"system_fingerprint": fp, "include_usage": body.include_usage}
 
             def chunk(text: str | None, reason: str | None, usage: P.Usage | None) -> dict[str, Any]:
                 if usage is not None:
-                    return P.chat_chunk(cid, model, created, None, usage=usage)
-                return P.chat_chunk(cid, model, created, {"content": text} if text else {}, reason)
+                    return P.chat_chunk(cid, model, created, None, usage=usage, **extra)
+                return P.chat_chunk(cid, model, created, {"content": text} if text else {}, reason, **extra)
 
-            first = P.chat_chunk(cid, model, created, {"role": "assistant", "content": ""})
+            first = P.chat_chunk(cid, model, created, {"role": "assistant", "content": ""}, **extra)
             return _event_stream(_stream(handle, chunk, first, body.include_usage, audit))
         text, reason = await _collect(handle, request)
         _finish_audit(audit, handle, text, reason)
-        return JSONResponse(P.chat_response(cid, model, text, reason, _usage(handle), created))
+        return JSONResponse(P.chat_response(cid, model, text, reason, _usage(handle), created, fp))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -638,16 +659,17 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
         cid = f"cmpl-{rid}"
         model = state.config.model.served_name
         if body.stream:
+            extra: dict[str, Any] = {"system_fingerprint": fp, "include_usage": body.include_usage}
 
             def chunk(text: str | None, reason: str | None, usage: P.Usage | None) -> dict[str, Any]:
                 if usage is not None:
-                    return P.completion_chunk(cid, model, created, None, usage=usage)
-                return P.completion_chunk(cid, model, created, text or "", reason)
+                    return P.completion_chunk(cid, model, created, None, usage=usage, **extra)
+                return P.completion_chunk(cid, model, created, text or "", reason, **extra)
 
             return _event_stream(_stream(handle, chunk, None, body.include_usage, audit))
         text, reason = await _collect(handle, request)
         _finish_audit(audit, handle, text, reason)
-        return JSONResponse(P.completion_response(cid, model, text, reason, _usage(handle), created))
+        return JSONResponse(P.completion_response(cid, model, text, reason, _usage(handle), created, fp))
 
     return app
 
