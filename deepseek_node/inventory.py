@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -210,13 +211,105 @@ def ansible_inventory_command() -> str:
     return found
 
 
+_YAML_SUFFIXES = (".yml", ".yaml")
+_FIX = (
+    "fix: correct that file (YAML: `all:` with `children:`/`hosts:` mappings, see inventories/example), "
+    "or give the path to hosts.yml or its directory"
+)
+
+
+def _yaml_files(source: Path) -> list[Path]:
+    """The YAML files Ansible reads for `source`: itself, or a directory's files and group/host vars."""
+    if source.is_file():
+        return [source] if source.suffix in _YAML_SUFFIXES else []
+    files = [p for p in sorted(source.iterdir()) if p.is_file() and p.suffix in _YAML_SUFFIXES]
+    for sub in ("group_vars", "host_vars"):
+        if (source / sub).is_dir():
+            files += [
+                p for p in sorted((source / sub).rglob("*")) if p.is_file() and p.suffix in _YAML_SUFFIXES
+            ]
+    return files
+
+
+def _check_yaml_syntax(source: Path) -> None:
+    """YAML syntax errors with their line and column, before Ansible buries them under every plugin it tried."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """Ansible's own tags (!vault, !unsafe, ...) are data here, not errors."""
+
+    def any_tag(loader: yaml.SafeLoader, _suffix: str, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node)
+        return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+    Loader.add_multi_constructor("!", any_tag)
+    cannot = f"ansible-inventory cannot read {source}: "
+    for path in _yaml_files(source):
+        try:
+            text = path.read_text(encoding="utf-8")
+            if text.startswith("$ANSIBLE_VAULT"):
+                continue  # an encrypted vars file: only Ansible, with the vault password, can read it
+            data = yaml.load(text, Loader=Loader)  # a SafeLoader subclass: no arbitrary objects
+        except OSError as exc:
+            raise InventoryLoadError(f"{cannot}{path} cannot be read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise InventoryLoadError(f"{cannot}{path} is not UTF-8 text; {_FIX}") from None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise InventoryLoadError(
+                f"{cannot}{path} is not valid YAML ({exc.problem or exc}{where}); {_FIX}"
+            ) from None
+        except yaml.YAMLError as exc:
+            raise InventoryLoadError(f"{cannot}{path} is not valid YAML ({exc}); {_FIX}") from None
+        if data is not None and not isinstance(data, dict):
+            vars_file = path.parent.name in ("group_vars", "host_vars") or path.parent.parent.name in (
+                "group_vars",
+                "host_vars",
+            )
+            what = "a mapping of variables (`name: value` lines)" if vars_file else "a mapping of groups"
+            raise InventoryLoadError(f"{cannot}{path} holds a {type(data).__name__}, not {what}; {_FIX}")
+
+
+def _ansible_reason(stderr: str, source: Path) -> str:
+    """The failure of the plugin meant for `source` (yaml for .yml files, else ini), not the last one tried:
+    a YAML file's real problem is otherwise hidden behind the INI parser's complaint about `all:`."""
+    reasons: dict[str, str] = {}
+    current: str | None = None
+    lines: list[str] = []
+    for line in [*stderr.splitlines(), "[END]"]:
+        match = re.match(r"\[WARNING\]: Failed to parse inventory with '(\w+)' plugin: ?(.*)", line)
+        if match or line.startswith(("[ERROR]", "[END]", "Failed to parse inventory with")):
+            if current and current not in reasons:
+                reasons[current] = " ".join(" ".join(lines).split())
+            current, lines = (match.group(1), [match.group(2)]) if match else (None, [])
+        elif current:
+            lines.append(line)
+    prefer = ("yaml", "ini") if source.is_dir() or source.suffix in _YAML_SUFFIXES else ("ini", "yaml")
+    for plugin in prefer:
+        if reasons.get(plugin):
+            return reasons[plugin]
+    tail = [line for line in stderr.strip().splitlines() if line.strip() and "<<< caused by >>>" not in line]
+    return " ".join(tail[-3:])
+
+
 def load_inventory(source: str | Path) -> dict[str, Any]:
     """`ansible-inventory -i SOURCE --list`, as a dict. Refuses sources Ansible cannot parse, which it would
     otherwise turn into an empty inventory with a warning."""
-    if not Path(source).exists():
+    path = Path(source)
+    if not path.exists():
         raise InventoryLoadError(
             f"inventory {source} does not exist: give the path to hosts.yml or its directory"
         )
+    if path.is_dir() and not any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
+        raise InventoryLoadError(
+            f"inventory directory {source} holds no inventory file: put hosts.yml in it "
+            "(see inventories/example), or give the path to hosts.yml"
+        )
+    _check_yaml_syntax(path)
     env = dict(os.environ)
     env.update(
         {
@@ -233,8 +326,9 @@ def load_inventory(source: str | Path) -> dict[str, Any]:
         check=False,
     )
     if proc.returncode != 0:
-        detail = proc.stderr.strip().splitlines()[-6:]
-        raise InventoryLoadError(f"ansible-inventory cannot read {source}: " + " ".join(detail))
+        raise InventoryLoadError(
+            f"ansible-inventory cannot read {source}: {_ansible_reason(proc.stderr, path)}; {_FIX}"
+        )
     try:
         data = json.loads(proc.stdout)
     except ValueError as exc:

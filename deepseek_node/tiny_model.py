@@ -126,12 +126,53 @@ def _config(spec: TinyModelSpec, tokenizer):
     )
 
 
-def make_tiny_model(out: Path, spec: TinyModelSpec | None = None) -> Path:
-    """Write a loadable model directory to `out` (created; must be empty or absent)."""
-    spec = spec or TinyModelSpec()
-    out = Path(out)
+def check_spec(spec: TinyModelSpec) -> None:
+    """Shapes the architectures accept, refused before any slow import (ValueError names the fix)."""
+    if spec.hidden_size % spec.heads:
+        raise ValueError(
+            f"hidden size {spec.hidden_size} is not a multiple of the {spec.heads} attention heads: "
+            f"use e.g. {max(spec.heads, spec.hidden_size // spec.heads * spec.heads)}"
+        )
+
+
+def check_out(out: Path) -> None:
+    """`out` must be absent or an empty directory, under a directory: OSError naming the fix otherwise."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory: choose a new directory for the model")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: choose a new directory or remove it first")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(
+                    f"{parent} is not a directory: choose an output path under a directory"
+                )
+            break
+
+
+def _remove_created(path: Path, created: list[Path]) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    for parent in created:  # innermost first
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+
+
+def make_tiny_model(out: Path, spec: TinyModelSpec | None = None) -> Path:
+    """Write a loadable model directory to `out` (created; must be empty or absent).
+
+    The files are written to a sibling scratch directory renamed into place at the end, so a failure (a
+    full disk, Ctrl-C) leaves neither a half model nor the parent directories it created.
+    """
+    import tempfile
+
+    spec = spec or TinyModelSpec()
+    out = Path(out).absolute()
+    check_spec(spec)
+    check_out(out)
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -146,12 +187,24 @@ def make_tiny_model(out: Path, spec: TinyModelSpec | None = None) -> Path:
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    (out / "deepseek-node-tiny.json").write_text(
-        json.dumps({"note": "random weights, for tests and demos only", "arch": spec.arch}, indent=2) + "\n"
-    )
+    created = [p for p in out.parents if not p.exists()]  # innermost first
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        staging.chmod(0o755)
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "deepseek-node-tiny.json").write_text(
+            json.dumps({"note": "random weights, for tests and demos only", "arch": spec.arch}, indent=2)
+            + "\n"
+        )
+        check_out(out)  # still absent or empty
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        _remove_created(staging, created)
+        raise
     return out
 
 

@@ -60,33 +60,110 @@ def role_apt_packages(project_root: Path, skip_roles: tuple[str, ...] = ()) -> d
 
 
 def _check_model_dir(model_dir: Path) -> None:
-    if not (model_dir / "config.json").is_file():
+    """What the daemon will need on the node, checked before anything is downloaded."""
+    if not model_dir.is_dir():
+        raise BundleError(
+            f"{model_dir} does not exist or is not a directory: pass a Hugging Face model directory "
+            "(config.json, *.safetensors, tokenizer files) to --model-dir"
+        )
+    config = model_dir / "config.json"
+    if not config.is_file():
         raise BundleError(
             f"{model_dir} has no config.json: pass a Hugging Face model directory "
             "(config.json, *.safetensors, tokenizer files) to --model-dir"
         )
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BundleError(
+            f"{config} cannot be read as JSON ({exc}): restore the checkpoint's config.json"
+        ) from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{config} is not a JSON object: restore the checkpoint's config.json")
     if not list(model_dir.glob("*.safetensors")):
         raise BundleError(
             f"{model_dir} has no *.safetensors weights: convert the checkpoint to safetensors first"
         )
+    if not any(
+        (model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    ):
+        raise BundleError(
+            f"{model_dir} has no tokenizer files (tokenizer.json, tokenizer_config.json): copy the "
+            "checkpoint's tokenizer files beside its weights"
+        )
+
+
+def _check_out(out: Path, model_dir: Path) -> None:
+    """--out must be a directory we may fill (new, empty or an old bundle), and not inside the model."""
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out} exists and is not a directory: choose a new or empty --out directory")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise BundleError(f"{out} exists and is not a bundle: choose an empty or new --out directory")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BundleError(f"{parent} is not a directory: choose an --out path under a directory")
+            break
+    if out == model_dir or model_dir in out.parents:
+        raise BundleError(
+            f"--out {out} is inside the model directory {model_dir}: choose an --out outside it"
+        )
+    staging = out.with_name(out.name + ".partial")
+    if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
+        raise BundleError(
+            f"{staging} (the build's scratch directory beside --out) exists and is not a directory: "
+            "remove it or choose another --out"
+        )
+
+
+def _make_parents(path: Path) -> Path | None:
+    """mkdir -p of path's parents; the topmost directory created (to remove on failure), if any."""
+    missing = [p for p in path.parents if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return missing[-1] if missing else None
+
+
+def _remove_empty_parents(path: Path, created: Path | None) -> None:
+    """Undo _make_parents: rmdir path's parents up to `created`, stopping at the first one not empty."""
+    if created is None:
+        return
+    for parent in path.parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+        if parent == created:
+            return
+
+
+def _apt_hint(exc: BundleError, source: AptSource) -> BundleError:
+    return BundleError(
+        f"{exc}\nfix: check that --mirror {source.mirror} and --security-mirror {source.security_mirror} "
+        f"are reachable from this machine, that --suite {source.suite} exists there, and that every "
+        "--apt-package is spelled right"
+    )
 
 
 def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
-    """Build into a sibling temp dir and rename into place: a failed build never leaves a half bundle."""
+    """Build into a sibling temp dir and rename into place: a failed build never leaves a half bundle,
+    nor the parent directories it created for --out."""
+    _check_out(spec.out, spec.model_dir)
     _check_model_dir(spec.model_dir)
-    if spec.out.exists() and any(spec.out.iterdir()) and not (spec.out / MANIFEST).is_file():
-        raise BundleError(f"{spec.out} exists and is not a bundle: choose an empty or new --out directory")
     staging = spec.out.with_name(spec.out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    created = _make_parents(staging)
+    staging.mkdir()
     started = time.monotonic()
     try:
         packages = role_apt_packages(spec.project_root, spec.skip_roles)
         wanted = sorted({p for pkgs in packages.values() for p in pkgs} | set(spec.extra_apt_packages))
         progress(f"apt: resolving {len(wanted)} packages and their dependencies ({spec.apt_source.suite})")
         apt = PrivateApt(spec.cache / "apt-root", spec.apt_source)
-        apt.update()
-        debs = apt.download_closure(wanted, staging / "apt")
+        try:
+            apt.update()
+            debs = apt.download_closure(wanted, staging / "apt")
+        except BundleError as exc:
+            raise _apt_hint(exc, spec.apt_source) from None
         build_flat_repo(staging / "apt", spec.apt_source.suite, spec.cache / "gnupg", staging / APT_KEY)
         progress(f"apt: {len(debs)} packages, signed flat repository")
 
@@ -120,6 +197,7 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
         staging.rename(spec.out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty_parents(staging, created)
         raise
     size = sum(e["size"] for e in manifest["files"].values())
     progress(

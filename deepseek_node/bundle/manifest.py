@@ -10,13 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 _CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleError(Exception):
@@ -31,16 +34,37 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def list_files(root: Path) -> list[str]:
-    """Relative POSIX paths of every regular file below root, except the manifest itself."""
-    out = []
+def _walk(root: Path) -> tuple[list[str], list[str]]:
+    """(regular files, everything else) below root as relative POSIX paths, the manifest itself left out.
+
+    "Everything else" is what a bundle must never hold: symlinks (to files or directories, which could
+    point outside the bundle) and special files (FIFOs, sockets, devices, which reading would hang on or
+    misread). Symlinked directories are reported, never followed.
+    """
+    files: list[str] = []
+    odd: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        for name in list(dirnames):
+            if (Path(dirpath) / name).is_symlink():
+                dirnames.remove(name)
+                odd.append((Path(dirpath) / name).relative_to(root).as_posix())
         for name in filenames:
-            rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            if rel != MANIFEST:
-                out.append(rel)
-    return sorted(out)
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if rel == MANIFEST:
+                continue
+            try:
+                regular = stat.S_ISREG(path.lstat().st_mode)
+            except OSError:
+                regular = False
+            (files if regular else odd).append(rel)
+    return sorted(files), sorted(odd)
+
+
+def list_files(root: Path) -> list[str]:
+    """Relative POSIX paths of every regular file below root, except the manifest itself."""
+    return _walk(root)[0]
 
 
 def describe_files(root: Path) -> dict[str, dict[str, object]]:
@@ -51,11 +75,35 @@ def describe_files(root: Path) -> dict[str, dict[str, object]]:
 
 
 def write_manifest(root: Path, meta: dict[str, object]) -> dict[str, object]:
+    odd = _walk(root)[1]
+    if odd:
+        raise BundleError(
+            f"{root} holds symlinks or special files ({', '.join(odd[:5])}): a bundle may hold only regular "
+            "files; replace them with copies of their targets"
+        )
     manifest = {"format": FORMAT, **meta, "files": describe_files(root)}
     tmp = root / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp.replace(root / MANIFEST)
     return manifest
+
+
+def _entry_ok(rel: object, entry: object) -> bool:
+    """A manifest entry: a plain relative path inside the bundle, a byte size and a sha256."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or rel.startswith("/"):
+        return False
+    if PurePosixPath(rel).as_posix() != rel or any(p in ("", ".", "..") for p in rel.split("/")):
+        return False
+    if not isinstance(entry, dict):
+        return False
+    size, digest = entry.get("size"), entry.get("sha256")
+    return (
+        isinstance(size, int)
+        and not isinstance(size, bool)
+        and size >= 0
+        and isinstance(digest, str)
+        and _SHA256.fullmatch(digest) is not None
+    )
 
 
 def load_manifest(root: Path) -> dict:
@@ -64,28 +112,35 @@ def load_manifest(root: Path) -> dict:
         raise BundleError(
             f"{root} is not a directory: pass the directory that `provision bundle build` wrote"
         )
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise BundleError(f"{path} is missing: this is not a bundle, or it is incomplete; rebuild it")
+    if path.is_symlink() or not path.is_file():
+        raise BundleError(f"{path} is not a regular file: the bundle is damaged; rebuild it or copy it again")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BundleError(
+            f"{path} cannot be read ({exc.strerror or exc}): fix its permissions or copy the bundle again"
+        ) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(
             f"{path} is not valid JSON ({exc}): the manifest is corrupt; rebuild the bundle"
         ) from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if (
+        not isinstance(data, dict)
+        or isinstance(fmt, bool)
+        or fmt != FORMAT
+        or not isinstance(data.get("files"), dict)
+    ):
         raise BundleError(
             f"{path} is not a format-{FORMAT} bundle manifest: rebuild the bundle with this version"
         )
     for rel, entry in data["files"].items():
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("size"), int)
-            or not isinstance(entry.get("sha256"), str)
-            or rel.startswith("/")
-            or ".." in Path(rel).parts
-        ):
+        if not _entry_ok(rel, entry):
             raise BundleError(
-                f"{path}: entry {rel!r} is malformed: the manifest is corrupt; rebuild the bundle"
+                f"{path}: entry {rel!r} is malformed (a file entry needs a plain relative path inside the "
+                "bundle, a size and a sha256): the manifest is corrupt; rebuild the bundle"
             )
     return data
 
@@ -96,16 +151,21 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     altered: list[str] = field(default_factory=list)
+    # Symlinks and special files: never part of a bundle, whatever the manifest says.
+    unsafe: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.altered)
+        return not (self.missing or self.extra or self.altered or self.unsafe or self.unreadable)
 
     def problems(self) -> list[str]:
         return (
             [f"missing: {p}" for p in self.missing]
             + [f"not in manifest: {p}" for p in self.extra]
             + [f"altered (size or sha256 differs): {p}" for p in self.altered]
+            + [f"symlink or special file (a bundle holds only regular files): {p}" for p in self.unsafe]
+            + [f"unreadable: {p}" for p in self.unreadable]
         )
 
     def summary(self) -> str:
@@ -131,15 +191,23 @@ def verify_bundle(root: Path, subsets: tuple[str, ...] = ()) -> VerifyReport:
             f"the manifest lists no files under {', '.join(subsets)}: the bundle is incomplete; rebuild it"
         )
     report = VerifyReport()
-    present = {rel for rel in list_files(root) if wanted(rel)}
+    files, odd = _walk(root)
+    present = {rel for rel in files if wanted(rel)}
+    report.unsafe = [rel for rel in odd if wanted(rel)]
     for rel in sorted(rel for rel in expected if wanted(rel)):
         if rel not in present:
-            report.missing.append(rel)
+            if rel not in report.unsafe:
+                report.missing.append(rel)
             continue
-        report.checked += 1
         path = root / rel
         entry = expected[rel]
-        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+        try:
+            same = path.stat().st_size == entry["size"] and sha256_file(path) == entry["sha256"]
+        except OSError:
+            report.unreadable.append(rel)
+            continue
+        report.checked += 1
+        if not same:
             report.altered.append(rel)
     report.extra = sorted(present - set(expected))
     return report

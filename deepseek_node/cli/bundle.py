@@ -53,7 +53,13 @@ def build(
     if tiny_model:
         from deepseek_node.tiny_model import tiny_model_cached
 
-        model_dir = tiny_model_cached(cache_dir())
+        try:
+            model_dir = tiny_model_cached(cache_dir())
+        except OSError as exc:
+            fail(
+                f"cannot build the tiny model in the cache {cache_dir()}: {exc.strerror or exc}; "
+                "set DEEPSEEK_NODE_CACHE to a writable directory"
+            )
         model_name = model_name or "deepseek-tiny"
     assert model_dir is not None
     model_name = model_name or model_dir.resolve().name
@@ -73,6 +79,12 @@ def build(
         build_bundle(spec, progress=lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
     except BundleError as exc:
         fail(str(exc))
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(
+            f"bundle build failed: {exc.strerror or exc}{where}; nothing was written to {spec.out}. "
+            "Fix the cause (free space, permissions) and build again"
+        )
     console.print(f"[green]bundle written:[/] {spec.out}")
 
 

@@ -19,12 +19,21 @@ def make_tiny(
     hidden_size: int = typer.Option(64, min=16, max=1024),
 ) -> None:
     """Create a small random-weight DeepSeek-architecture model with a locally trained tokenizer."""
-    from deepseek_node.tiny_model import TinyModelSpec, make_tiny_model
+    from deepseek_node.tiny_model import TinyModelSpec, check_out, check_spec, make_tiny_model
 
     if arch not in ("deepseek_v3", "llama"):
         fail(f"--arch {arch!r} is not supported: use deepseek_v3 or llama")
+    spec = TinyModelSpec(arch=arch, layers=layers, hidden_size=hidden_size)  # type: ignore[arg-type]
     try:
-        path = make_tiny_model(out, TinyModelSpec(arch=arch, layers=layers, hidden_size=hidden_size))  # type: ignore[arg-type]
-    except FileExistsError as exc:
+        check_spec(spec)
+    except ValueError as exc:
+        fail(f"--hidden-size: {exc}")
+    try:
+        check_out(out)  # before the slow imports of torch and transformers
+        path = make_tiny_model(out, spec)
+    except OSError as exc:
+        if exc.strerror:  # a system error, e.g. no space or permission denied
+            where = f" ({exc.filename})" if exc.filename else ""
+            fail(f"cannot write the model to {out}: {exc.strerror}{where}; nothing was left behind")
         fail(str(exc))
     typer.echo(f"tiny {arch} model written to {path}")

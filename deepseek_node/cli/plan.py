@@ -84,6 +84,17 @@ def plan_command(
         return
     if model and model_dir:
         fail("give --model or --model-dir, not both")
+    if model_dir is not None and not model_dir.is_dir():
+        fail(
+            f"--model-dir {model_dir} does not exist or is not a directory: give a local model directory "
+            "with config.json (e.g. made by `provision model make-tiny`), or use --model with a catalog name"
+        )
+    if model or model_dir:
+        # The command line's model replaces every host's: a bad one is reported once, in its own words.
+        try:
+            resolve_model(model, str(model_dir) if model_dir else None)
+        except PlannerInputError as exc:
+            fail(_cli_words(str(exc)))
     overrides = {"model": model, "model_dir": str(model_dir) if model_dir else None}
     if list_profiles:
         _list_profiles(overrides, hardware, goal, max_context, as_json)

@@ -7,12 +7,138 @@ only its hash is kept, as on a node.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import socket
+import ssl
+import struct
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from deepseek_node.cli.errors import fail
+
+if TYPE_CHECKING:
+    from deepseek_node.daemon.config import ModelConfig
+
+_MODEL_HINT = (
+    "give a Hugging Face model directory (config.json, *.safetensors, tokenizer files), "
+    "e.g. one made by `provision model make-tiny --out DIR`"
+)
+_REQUIRED_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+_MAX_SAFETENSORS_HEADER = 100 * 2**20
+
+
+def _check_model(model: ModelConfig) -> None:
+    """The daemon's own pre-listen checks, plus what it would otherwise find only while loading (in a
+    child process, after the server has started): config sizes, tokenizer JSON, safetensors headers."""
+    from deepseek_node.daemon.config import ConfigError
+    from deepseek_node.daemon.loading import check_model_dir
+
+    try:
+        data = check_model_dir(model)
+    except ConfigError as exc:
+        message = str(exc).replace("model.path", "--model-dir").replace("model.max_context", "--max-context")
+        if "max_position_embeddings" in message:
+            fail(message.replace("lower max_context in the plan", "lower --max-context"))
+        fail(f"{message}: {_MODEL_HINT}")
+    text: Any = data.get("text_config") if isinstance(data.get("text_config"), dict) else data
+    bad = [k for k in _REQUIRED_SIZES if not isinstance(text.get(k), int) or text[k] <= 0]
+    if bad:
+        fail(
+            f"--model-dir {model.path}/config.json lacks positive integers for {', '.join(bad)}: "
+            "restore the checkpoint's config.json"
+        )
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        path = model.path / name
+        if path.is_file():
+            try:
+                ok = isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                fail(
+                    f"--model-dir {path} is not a valid JSON object: restore the checkpoint's tokenizer files"
+                )
+    for path in sorted(model.path.glob("*.safetensors")):
+        problem = _safetensors_problem(path)
+        if problem:
+            fail(f"--model-dir {path} {problem}: copy the weights again (or rebuild the model)")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file starts with an 8-byte little-endian length and that many bytes of JSON."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return "is too short to be a safetensors file"
+            (length,) = struct.unpack("<Q", head)
+            if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+                return "is not a safetensors file (its header length is impossible)"
+            header = json.loads(fh.read(length).decode("utf-8"))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    except ValueError:
+        return "is not a safetensors file (its header is not JSON)"
+    if not isinstance(header, dict):
+        return "is not a safetensors file (its header is not a JSON object)"
+    return None
+
+
+def _check_tls(cert: Path, key: Path) -> None:
+    """Load the pair as the server will; a passphrase-protected key is refused, not prompted for."""
+    try:
+        cert_text = cert.read_text(encoding="utf-8", errors="replace")
+        key_text = key.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        fail(f"cannot read {exc.filename}: {exc.strerror or exc}; fix its permissions or give another file")
+    if "-----BEGIN CERTIFICATE-----" not in cert_text:
+        fail(f"--tls-cert {cert} is not a PEM certificate: give the server certificate (BEGIN CERTIFICATE)")
+    if "ENCRYPTED" in key_text:
+        fail(
+            f"--tls-key {key} is passphrase-protected: the daemon cannot prompt for it; give an unencrypted "
+            "copy (`openssl pkey -in KEY -out KEY.plain`, readable only by you)"
+        )
+    if "PRIVATE KEY-----" not in key_text:
+        fail(f"--tls-key {key} is not a PEM private key: give the certificate's key (BEGIN PRIVATE KEY)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(cert), str(key), password=lambda: b"")
+    except OSError as exc:  # ssl.SSLError included
+        reason = getattr(exc, "reason", None)
+        detail = (
+            "the key does not belong to the certificate"
+            if reason == "KEY_VALUES_MISMATCH"
+            else reason or re.sub(r"\s*\(_ssl\.c:\d+\)", "", str(exc.strerror or exc))
+        )
+        fail(
+            f"--tls-cert {cert} / --tls-key {key} cannot be used ({detail}): give a PEM certificate and "
+            "its matching unencrypted PEM private key"
+        )
+
+
+def _check_listen(host: str, port: int) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        fail(
+            f"--host {host!r} is not an address of this machine ({getattr(exc, 'strerror', None) or exc}): "
+            "use e.g. 127.0.0.1 (local only) or 0.0.0.0 (all interfaces)"
+        )
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            fail(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose another --port, stop what "
+                "holds this one, or give an address of this machine to --host"
+            )
 
 
 def register(app: typer.Typer) -> None:
@@ -39,12 +165,22 @@ def register(app: typer.Typer) -> None:
         from deepseek_node.daemon.config import ConfigError, parse_config
 
         if not model_dir.is_dir():
-            fail(f"--model-dir {model_dir} is not a directory")
+            fail(
+                f"--model-dir {model_dir} does not exist or is not a directory: give a Hugging Face model "
+                "directory (config.json, *.safetensors, tokenizer files), e.g. one made by "
+                "`provision model make-tiny --out DIR`"
+            )
         if (tls_cert is None) != (tls_key is None):
             fail("--tls-cert and --tls-key go together: give both (HTTPS) or neither (plain HTTP)")
-        for f in (tls_cert, tls_key):
+        for option, f in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
             if f is not None and not f.is_file():
-                fail(f"{f} does not exist")
+                what = "is not a file" if f.exists() else "does not exist"
+                fail(f"{option} {f} {what}: give the path to a PEM file")
+        if api_key is not None and not api_key.strip():
+            fail(
+                "--api-key (or DEEPSEEK_NODE_API_KEY) is empty: give a key, or leave both unset to have "
+                "one generated and shown once"
+            )
         generated = api_key is None
         key = api_key or generate_key()
         data = {
@@ -73,6 +209,11 @@ def register(app: typer.Typer) -> None:
             config = parse_config(data, "provision serve")
         except ConfigError as exc:
             fail(str(exc))
+        # Everything that would otherwise fail after the key is shown, or after the server starts.
+        _check_model(config.model)
+        if tls_cert is not None and tls_key is not None:
+            _check_tls(tls_cert, tls_key)
+        _check_listen(host, port)
         if generated:
             # Shown once on stderr (stdout carries the audit JSON lines); only the hash is kept.
             typer.echo(f"API key (shown once, keep it): {key}", err=True)
