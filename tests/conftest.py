@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,15 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from deepseek_node.tiny_model import tiny_model_cached
 
     out = tmp_path_factory.mktemp("bundle") / "bundle"
+    # Real checkpoints nest files (DeepSeek-V3 ships inference/ and figures/): so does this one.
+    model = tmp_path_factory.mktemp("model") / "deepseek-tiny"
+    shutil.copytree(tiny_model_cached(cache_dir()), model)
+    (model / "figures").mkdir()
+    (model / "figures" / "README.md").write_text("nested checkpoint file\n")
     spec = BundleSpec(
         out=out,
         project_root=project_root(),
-        model_dir=tiny_model_cached(cache_dir()),
+        model_dir=model,
         model_name="deepseek-tiny",
         cache=cache_dir() / "bundle",
         skip_roles=GPU_ROLES,  # lab targets have no GPU; tests/gpu builds its own GPU bundle

@@ -170,9 +170,22 @@ def bundle_packages(manifest: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def is_controller(connection: str | None, inventory_hostname: str, ansible_host: str | None = None) -> bool:
-    """True when Ansible would act on the machine it runs on: it must never be rebooted by a role."""
+def is_controller(
+    connection: str | None,
+    inventory_hostname: str,
+    ansible_host: str | None = None,
+    machine_id: str | None = None,
+    controller_machine_id: str | None = None,
+) -> bool:
+    """True when Ansible would act on the machine it runs on: it must never be rebooted by a role.
+
+    Names and addresses catch `localhost`; the machine id (systemd's /etc/machine-id) catches the controller
+    reached over SSH by its own LAN name or address.
+    """
     if (connection or "").split(".")[-1] == "local":
+        return True
+    mine, theirs = (str(machine_id or "").strip(), str(controller_machine_id or "").strip())
+    if mine and mine == theirs:
         return True
     for name in (inventory_hostname, ansible_host or ""):
         name = str(name).strip().strip("[]")

@@ -34,6 +34,7 @@ options:
   nvml_paths: {type: list, elements: str, default: [], description: Extra sys.path globs to find pynvml.}
   headers_package: {type: str, default: "", description: Package that carries the kernel headers.}
   headers_query: {type: list, elements: str, default: [], description: argv printing that package's candidate.}
+  space: {type: list, elements: dict, default: [], description: "[{what, path, bytes}] destinations to measure."}
 """
 
 RETURN = r"""
@@ -177,6 +178,32 @@ def free_gib(path: str) -> dict[str, Any]:
     return {"path": path, "measured_at": probe_path, "free_gib": round(st.f_bavail * st.f_frsize / 2**30, 1)}
 
 
+def measure_space(needs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each destination's filesystem (device, free bytes) and the bytes already under it (a previous run)."""
+    rows = []
+    for need in needs:
+        path = str(need.get("path") or "/")
+        at = path
+        while not os.path.exists(at) and os.path.dirname(at) != at:
+            at = os.path.dirname(at)
+        row: dict[str, Any] = {**need, "measured_at": at, "device": None, "free_bytes": None}
+        try:
+            st = os.statvfs(at)
+            row["device"] = os.stat(at).st_dev
+            row["free_bytes"] = st.f_bavail * st.f_frsize
+        except OSError:
+            pass
+        present = 0
+        if os.path.isdir(path):
+            for dirpath, _dirs, names in os.walk(path):
+                for name in names:
+                    with contextlib.suppress(OSError):  # removed while we walked
+                        present += os.lstat(os.path.join(dirpath, name)).st_size
+        row["present_bytes"] = present
+        rows.append(row)
+    return rows
+
+
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -305,6 +332,7 @@ def probe(
     run: Run = _run,
     nvml: Any = None,
     modules_dir: str = "/lib/modules",
+    space: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     kernel = kernel or os.uname().release
     gpus, switches = split_devices(pci_devices(hw_root))
@@ -332,6 +360,7 @@ def probe(
         "secure_boot": secure_boot(hw_root),
         "virtualization": virtualization(run),
         "disk": free_gib(models_dir),
+        "space": measure_space(space),
         "hw_root": hw_root,
     }
 
@@ -347,6 +376,7 @@ def main() -> None:  # pragma: no cover - exercised through Ansible in the lab
             "nvml_paths": {"type": "list", "elements": "str", "default": []},
             "headers_package": {"type": "str", "default": ""},
             "headers_query": {"type": "list", "elements": "str", "default": []},
+            "space": {"type": "list", "elements": "dict", "default": []},
         },
         supports_check_mode=True,
     )
@@ -366,6 +396,7 @@ def main() -> None:  # pragma: no cover - exercised through Ansible in the lab
         headers_package=p["headers_package"],
         headers_query=p["headers_query"],
         run=run,
+        space=p["space"],
     )
     module.exit_json(changed=False, facts=facts)
 

@@ -80,9 +80,13 @@ def deepseek_version_compare(a: str, b: str) -> int:
 
 
 def deepseek_is_controller(
-    connection: str | None, inventory_hostname: str, ansible_host: str | None = None
+    connection: str | None,
+    inventory_hostname: str,
+    ansible_host: str | None = None,
+    machine_id: str | None = None,
+    controller_machine_id: str | None = None,
 ) -> bool:
-    return gpu.is_controller(connection, inventory_hostname, ansible_host)
+    return gpu.is_controller(connection, inventory_hostname, ansible_host, machine_id, controller_machine_id)
 
 
 def deepseek_boot_time_command(virtualization: str) -> str:

@@ -74,6 +74,8 @@ def test_host_state_is_hardened(site: dict, lab) -> None:
     assert "User=deepseek" in out and "ActiveState=active" in out
     assert "default" not in out  # no route out of the lab
     assert "deb.debian.org" not in out and "file:/srv/deepseek-node/bundle/apt" in out
+    nested = lab.run(name, "find /var/lib/deepseek-node/models -path '*/figures/README.md'").stdout
+    assert nested.strip(), "a nested model file was not synced"
     cfg = lab.run(name, "cat /etc/deepseek-node/daemon.yaml").stdout
     key = (site["inventory_dir"] / "secrets" / "api_key").read_text().strip()
     assert key not in cfg and "sha256" in cfg

@@ -121,3 +121,10 @@ def test_reboot_wait_uses_pid1_start_in_containers() -> None:
     assert boot_time_command("systemd-nspawn") == "cut -d ' ' -f 22 /proc/1/stat"
     assert boot_time_command("none") == "cat /proc/sys/kernel/random/boot_id"
     assert boot_time_command("kvm") == "cat /proc/sys/kernel/random/boot_id"
+
+
+def test_controller_reached_over_ssh_by_its_lan_address_is_recognised_by_machine_id() -> None:
+    mid = "3d1219c7c4c5404aaa1f6d2a48adfda4"
+    assert is_controller("ssh", "gpu-a01", "10.0.0.5", mid, mid + "\n")
+    assert not is_controller("ssh", "gpu-a01", "10.0.0.5", mid, "0" * 32)
+    assert not is_controller("ssh", "gpu-a01", "10.0.0.5", "", "")  # unknown ids never match
