@@ -115,3 +115,22 @@ def test_tampered_bundle_fails_before_anything_is_installed(
         bare, "test -e /srv/deepseek-node || echo clean; dpkg -s python3-venv >/dev/null 2>&1 || echo none"
     )
     assert "clean" in probe.stdout and "none" in probe.stdout
+
+
+def test_preflight_refuses_a_host_without_room_before_any_change(site: dict, lab) -> None:
+    bare = site["hosts"][1].name
+    result = run(
+        RunConfig(
+            inventory=lab.inventory_path,
+            limit=bare,
+            extravars={"preflight_min_free_gib": 10_000_000},  # 10 PiB left free: no disk has that
+            artifacts_dir=site["inventory_dir"] / "runs",
+        )
+    )
+    assert not result.ok
+    failure = next(f for f in result.failures if "cannot be provisioned" in f)
+    assert "the offline bundle" in failure and "the model" in failure and "preflight_min_free_gib" in failure
+    probe = lab.run(
+        bare, "test -e /srv/deepseek-node || echo clean; dpkg -s python3-venv >/dev/null 2>&1 || echo none"
+    )
+    assert "clean" in probe.stdout and "none" in probe.stdout
