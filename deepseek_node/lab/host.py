@@ -15,6 +15,7 @@ from pathlib import Path
 
 from deepseek_node.lab.errors import LabError
 from deepseek_node.lab.network import Addressing, delete_link, guest_network_unit, ipv4_addresses, veth_name
+from deepseek_node.lab.rootfs import LAB_USER
 
 SUPERVISOR_MODULE = "deepseek_node.lab.supervise"
 
@@ -123,6 +124,28 @@ def _put(root: Path, rel: str, text: str, mode: int = 0o644) -> None:
     dest.chmod(mode)
 
 
+def _authorize_lab_user(root: Path, client_pubkey: str) -> None:
+    """The controller's key for the unprivileged user Ansible logs in as (owned by its uid in the rootfs)."""
+    entry = next(
+        (
+            line.split(":")
+            for line in (root / "etc/passwd").read_text().splitlines()
+            if line.startswith(f"{LAB_USER}:")
+        ),
+        None,
+    )
+    if entry is None:
+        raise LabError(
+            f"the lab rootfs has no user {LAB_USER}: remove the cached rootfs and run `lab up` again"
+        )
+    uid, gid, home = int(entry[2]), int(entry[3]), root / entry[5].lstrip("/")
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _put(root, f"{entry[5].lstrip('/')}/.ssh/authorized_keys", client_pubkey + "\n", 0o600)
+    for path in (home, ssh_dir, ssh_dir / "authorized_keys"):
+        os.chown(path, uid, gid)
+
+
 def start(hd: HostDir, addr: Addressing, rootfs: Path, client_pubkey: str) -> int:
     """Mount the overlay, personalise the host and launch its supervisor; returns the supervisor pid."""
     for p in (hd.upper, hd.work, hd.merged):
@@ -147,6 +170,7 @@ def start(hd: HostDir, addr: Addressing, rootfs: Path, client_pubkey: str) -> in
     _put(m, "etc/systemd/network/10-lab-host0.network", guest_network_unit(addr))
     (m / "root/.ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
     _put(m, "root/.ssh/authorized_keys", client_pubkey + "\n", 0o600)
+    _authorize_lab_user(m, client_pubkey)
     host_key = m / "etc/ssh/ssh_host_ed25519_key"
     _ssh_keygen(host_key, f"root@{addr.name}")
     shutil.copyfile(host_key.with_name(host_key.name + ".pub"), hd.host_pubkey)

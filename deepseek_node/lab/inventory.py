@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from deepseek_node.lab.network import Addressing
+from deepseek_node.lab.rootfs import LAB_USER
 
 GROUP = "inference_nodes"
 
@@ -29,7 +30,8 @@ def render_inventory(hosts: Iterable[Addressing], key_path: Path, known_hosts: P
                 }
             },
             "vars": {
-                "ansible_user": "root",
+                # Unprivileged login + sudo, as on a real fleet: every play's `become` is exercised.
+                "ansible_user": LAB_USER,
                 "ansible_ssh_private_key_file": str(key_path),
                 "ansible_ssh_common_args": (
                     f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "openssh-server", "python3", "python3-apt", "sudo", "iproute2", "dbus")
 # Bump when apply_fixes() changes so old caches are not reused.
-FIXES_VERSION = 3
+FIXES_VERSION = 4
+# Ansible logs in as this unprivileged user and becomes root with sudo, as on a real fleet.
+LAB_USER = "deploy"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 MIRROR_ENV = "DEEPSEEK_NODE_DEBIAN_MIRROR"
 
@@ -180,6 +182,13 @@ def apply_fixes(root: Path) -> None:
         root / "etc/ssh/sshd_config.d/10-lab.conf",
         "PermitRootLogin prohibit-password\nHostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\n",
     )
+    if subprocess.run(["chroot", str(root), "id", "-u", LAB_USER], capture_output=True).returncode != 0:
+        subprocess.run(
+            ["useradd", f"--root={root}", "--create-home", "--shell=/bin/bash", "--groups=sudo", LAB_USER],
+            check=True,
+            capture_output=True,
+        )
+    _write(root / f"etc/sudoers.d/10-{LAB_USER}", f"{LAB_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n", 0o440)
     systemd_dir = root / "etc/systemd/system"
     for unit in MASKED_UNITS:
         link = systemd_dir / unit

@@ -82,7 +82,7 @@ def test_inventory(lab: Lab) -> None:
     }
     assert hosts[f"{LAB_PREFIX}1"]["ansible_host"] == f"{LAB_SUBNET}.1.2"
     v = data["all"]["vars"]
-    assert v["ansible_user"] == "root"
+    assert v["ansible_user"] == "deploy"
     assert Path(v["ansible_ssh_private_key_file"]) == lab.key_path.resolve()
     assert f"UserKnownHostsFile={lab.known_hosts_path}" in v["ansible_ssh_common_args"]
     assert "StrictHostKeyChecking=yes" in v["ansible_ssh_common_args"]
@@ -91,8 +91,10 @@ def test_inventory(lab: Lab) -> None:
     # The exact inventory works for plain ssh as Ansible would use it.
     h = _hosts(lab)[1]
     argv = ["ssh", "-i", v["ansible_ssh_private_key_file"], *shlex.split(v["ansible_ssh_common_args"])]
-    argv += ["-o", "BatchMode=yes", f"root@{h.address}", "hostname"]
-    assert subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip() == h.name
+    argv += ["-o", "BatchMode=yes", f"{v['ansible_user']}@{h.address}", "hostname; id -u; sudo -n id -u"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.split()
+    assert out[0] == h.name
+    assert out[1] != "0" and out[2] == "0"  # an unprivileged login that becomes root with sudo
 
 
 def test_hosts_have_their_own_identity(lab: Lab) -> None:

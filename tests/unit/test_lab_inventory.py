@@ -25,7 +25,7 @@ def test_inventory_matches_the_documented_shape() -> None:
                 }
             },
             "vars": {
-                "ansible_user": "root",
+                "ansible_user": "deploy",
                 "ansible_ssh_private_key_file": "/s/id_ed25519",
                 "ansible_ssh_common_args": "-o UserKnownHostsFile=/s/known_hosts "
                 "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
