@@ -92,6 +92,22 @@ def test_second_run_changes_nothing(site: dict, lab) -> None:
     print(f"second run: {again.seconds:.1f}s, changed=0")
 
 
+def test_check_mode_on_a_converged_host_predicts_no_change(site: dict, lab) -> None:
+    _assert_ok(site["first"])
+    inv = site["inventory_dir"]
+    preview = run(
+        RunConfig(
+            inventory=lab.inventory_path,
+            limit=site["hosts"][0].name,
+            check=True,
+            diff=True,
+            artifacts_dir=inv / "runs",
+        )
+    )
+    _assert_ok(preview)
+    assert preview.changed == 0, f"--check predicted {preview.changed} changes: {preview.artifacts}"
+
+
 def test_tampered_bundle_fails_before_anything_is_installed(
     site: dict, lab, bundle_dir: Path, tmp_path: Path
 ) -> None:
