@@ -23,8 +23,9 @@ from tests.daemon.conftest import KEY
 MODEL = "deepseek-tiny"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MSG = [{"role": "user", "content": "Hello, how are you today?"}]
-CHAT = {"model": MODEL, "messages": MSG, "max_tokens": 3}
-CMPL = {"model": MODEL, "prompt": "The inference daemon", "max_tokens": 3}
+# Greedy: a sampled random-weight model may emit EOS early and turn "length" into "stop" at random.
+CHAT = {"model": MODEL, "messages": MSG, "max_tokens": 3, "temperature": 0}
+CMPL = {"model": MODEL, "prompt": "The inference daemon", "max_tokens": 3, "temperature": 0}
 # Optional chat fields that OpenAI accepts as null (some clients send explicit nulls rather than omit).
 NULLABLE_CHAT = [
     "temperature",
