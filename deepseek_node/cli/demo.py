@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         step("done")
         console.print(
             f"Try it: provision lab ssh {targets[0].name}   |   "
-            f"curl --cacert {ep.ca_cert} -H 'Authorization: Bearer $(cat {inventory_dir}/secrets/api_key)' "
+            f'curl --cacert {ep.ca_cert} -H "Authorization: Bearer $(cat {inventory_dir}/secrets/api_key)" '
             f"{ep.base_url}/models   |   tear down: provision lab down",
             highlight=False,
             soft_wrap=True,
