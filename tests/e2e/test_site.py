@@ -150,3 +150,43 @@ def test_preflight_refuses_a_host_without_room_before_any_change(site: dict, lab
         bare, "test -e /srv/deepseek-node || echo clean; dpkg -s python3-venv >/dev/null 2>&1 || echo none"
     )
     assert "clean" in probe.stdout and "none" in probe.stdout
+
+
+def test_check_mode_on_a_new_host_previews_and_changes_nothing(site: dict, lab) -> None:
+    """--check on a bare host predicts the first changes and stops its preview, with the reason, where the
+    rest depends on what is not installed yet; after the bundle is published it previews further."""
+    bare = site["hosts"][1].name
+
+    def preview() -> RunResult:
+        result = run(
+            RunConfig(
+                inventory=lab.inventory_path,
+                limit=bare,
+                check=True,
+                artifacts_dir=site["inventory_dir"] / "runs",
+            )
+        )
+        _assert_ok(result)
+        assert result.changed > 0
+        return result
+
+    preview()
+    probe = lab.run(
+        bare,
+        "test -e /srv/deepseek-node || echo clean; test -e /etc/apt/keyrings/deepseek-node-offline.asc || echo nokey",
+    )
+    assert "clean" in probe.stdout and "nokey" in probe.stdout
+    published = run(
+        RunConfig(
+            inventory=lab.inventory_path,
+            limit=bare,
+            tags=["preflight", "offline_repo"],
+            artifacts_dir=site["inventory_dir"] / "runs",
+        )
+    )
+    _assert_ok(published)
+    preview()  # now past the repository, up to the roles whose foundation is not installed yet
+    probe = lab.run(
+        bare, "dpkg -s python3-cryptography >/dev/null 2>&1 || echo none; id deepseek || echo nouser"
+    )
+    assert "none" in probe.stdout and "nouser" in probe.stdout
