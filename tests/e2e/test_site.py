@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -190,3 +191,45 @@ def test_check_mode_on_a_new_host_previews_and_changes_nothing(site: dict, lab) 
         bare, "dpkg -s python3-cryptography >/dev/null 2>&1 || echo none; id deepseek || echo nouser"
     )
     assert "none" in probe.stdout and "nouser" in probe.stdout
+
+
+def test_certificate_reissued_by_a_tls_only_run_is_served_at_once(site: dict, lab) -> None:
+    """`--tags tls` leaves the inference play out: the tls role itself restarts the running daemon."""
+    _assert_ok(site["first"])
+    host = site["hosts"][0]
+    lab.run(host.name, "rm /etc/deepseek-node/tls/server.crt")
+    result = run(
+        RunConfig(
+            inventory=lab.inventory_path,
+            limit=host.name,
+            tags=["tls"],
+            artifacts_dir=site["inventory_dir"] / "runs",
+        )
+    )
+    _assert_ok(result)
+    assert result.changed >= 2  # the certificate and the restart
+    on_disk = lab.run(host.name, "cat /etc/deepseek-node/tls/server.crt").stdout
+    ep = endpoint_for(host.address, site["inventory_dir"])
+    deadline = time.monotonic() + 120
+    while True:  # the restarted daemon listens again once its model is loaded
+        try:
+            served = ssl.get_server_certificate((host.address, 8443), timeout=5)
+            if ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(on_disk):
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the daemon does not serve the re-issued certificate"
+        time.sleep(1)
+    ctx = ssl.create_default_context(cafile=str(ep.ca_cert))
+    ready = urllib.request.Request(
+        ep.base_url.removesuffix("/v1") + "/health/ready", headers={"Authorization": f"Bearer {ep.api_key}"}
+    )
+    while True:  # it listens (and answers 503) while the model loads
+        try:
+            if urllib.request.urlopen(ready, context=ctx, timeout=10).status == 200:
+                break
+        except (urllib.error.URLError, OSError):
+            pass
+        assert time.monotonic() < deadline, "the restarted daemon never became ready"
+        time.sleep(1)
+    assert chat(ep, "Hello again").strip()
