@@ -111,6 +111,18 @@ class StreamOptions(_Req):
         return False if v is None else v
 
 
+# Parameters that change sampling and are not implemented: accepted only at the value that changes nothing.
+# (top_k, min_p and repetition_penalty are vLLM's extras that OpenAI-compatible tooling sends.)
+_NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
+    "presence_penalty": ((None, 0.0), "leave it at 0"),
+    "frequency_penalty": ((None, 0.0), "leave it at 0"),
+    "logit_bias": ((None, {}), "leave it empty"),
+    "top_k": ((None, -1, 0), "leave it unset, or -1"),
+    "min_p": ((None, 0.0), "leave it unset, or 0"),
+    "repetition_penalty": ((None, 1.0), "leave it unset, or 1"),
+}
+
+
 class _SamplingFields(_Req):
     model: str = Field(min_length=1, max_length=256)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -163,39 +175,12 @@ class _SamplingFields(_Req):
                 raise ValueError(f"stop sequences must be at most {MAX_STOP_LEN} characters")
         return stops
 
-    @field_validator("presence_penalty", "frequency_penalty")
+    @field_validator(*_NEUTRAL)
     @classmethod
-    def _penalty(cls, v: float | None) -> float | None:
-        if v not in (None, 0.0):
-            raise Unsupported("not supported (leave it at 0)")
-        return v
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _logit_bias(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v:
-            raise Unsupported("not supported (leave it empty)")
-        return v
-
-    @field_validator("top_k")
-    @classmethod
-    def _top_k(cls, v: int | None) -> int | None:
-        if v not in (None, -1, 0):
-            raise Unsupported("not supported (leave it unset, or -1)")
-        return v
-
-    @field_validator("min_p")
-    @classmethod
-    def _min_p(cls, v: float | None) -> float | None:
-        if v not in (None, 0.0):
-            raise Unsupported("not supported (leave it unset, or 0)")
-        return v
-
-    @field_validator("repetition_penalty")
-    @classmethod
-    def _repetition_penalty(cls, v: float | None) -> float | None:
-        if v not in (None, 1.0):
-            raise Unsupported("not supported (leave it unset, or 1)")
+    def _neutral(cls, v: Any, info: ValidationInfo) -> Any:
+        neutral, hint = _NEUTRAL[info.field_name or ""]
+        if v not in neutral:
+            raise Unsupported(f"not supported ({hint})")
         return v
 
     @property
@@ -235,16 +220,9 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("disagrees with max_tokens: send one of them")
         return v
 
-    @field_validator("logprobs")
+    @field_validator("logprobs", "top_logprobs")
     @classmethod
-    def _logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise Unsupported("log probabilities are not supported")
-        return v
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _top_logprobs(cls, v: int | None) -> int | None:
+    def _logprobs(cls, v: bool | int | None) -> bool | int | None:
         if v:
             raise Unsupported("log probabilities are not supported")
         return v
@@ -329,16 +307,9 @@ class CompletionRequest(_SamplingFields):
             raise Unsupported("log probabilities are not supported (send null or leave it out)")
         return v
 
-    @field_validator("echo")
+    @field_validator("echo", "suffix")
     @classmethod
-    def _echo(cls, v: bool) -> bool:
-        if v:
-            raise Unsupported("not supported")
-        return v
-
-    @field_validator("suffix")
-    @classmethod
-    def _suffix(cls, v: str | None) -> str | None:
+    def _echo_suffix(cls, v: bool | str | None) -> bool | str | None:
         if v:
             raise Unsupported("not supported")
         return v

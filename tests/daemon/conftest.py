@@ -6,9 +6,12 @@ Tests that change daemon state irreversibly (shutdown, overload) start their own
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
 from deepseek_node.daemon.testing import ThreadedDaemon, config_for, self_signed_cert
@@ -54,3 +57,26 @@ def llama_daemon(tiny_llama_dir: Path) -> Iterator[ThreadedDaemon]:
     d.wait_ready()
     yield d
     d.stop()
+
+
+def tls_context(tls_files: tuple[Path, Path]) -> ssl.SSLContext:
+    """A client context that trusts only the tests' self-signed certificate."""
+    return ssl.create_default_context(cafile=str(tls_files[0]))
+
+
+@pytest.fixture
+def client(daemon: ThreadedDaemon, tls_files: tuple[Path, Path]) -> openai.OpenAI:
+    """The official openai client on the HTTPS daemon."""
+    return openai.OpenAI(
+        base_url=daemon.base_url + "/v1",
+        api_key=KEY,
+        http_client=httpx.Client(verify=tls_context(tls_files)),
+        max_retries=0,
+    )
+
+
+@pytest.fixture
+def http(daemon: ThreadedDaemon, tls_files: tuple[Path, Path]) -> Iterator[httpx.Client]:
+    """Plain httpx on the HTTPS daemon, for what the openai client would hide."""
+    with httpx.Client(base_url=daemon.base_url, verify=tls_context(tls_files), timeout=30) as c:
+        yield c

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 from pathlib import Path
 
 import httpx
@@ -17,28 +16,7 @@ import pytest
 
 from deepseek_node.daemon.audit import redact as redact_text
 from deepseek_node.daemon.testing import ThreadedDaemon, config_for
-from tests.daemon.conftest import KEY
-
-
-def _ctx(tls_files: tuple[Path, Path]) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(tls_files[0]))
-
-
-@pytest.fixture
-def client(daemon: ThreadedDaemon, tls_files: tuple[Path, Path]) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=daemon.base_url + "/v1",
-        api_key=KEY,
-        http_client=httpx.Client(verify=_ctx(tls_files)),
-        max_retries=0,
-    )
-
-
-@pytest.fixture
-def http(daemon: ThreadedDaemon, tls_files: tuple[Path, Path]) -> httpx.Client:
-    with httpx.Client(base_url=daemon.base_url, verify=_ctx(tls_files), timeout=30) as c:
-        yield c
-
+from tests.daemon.conftest import KEY, tls_context
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MSG = [{"role": "user", "content": "Hello, how are you today?"}]
@@ -81,7 +59,7 @@ def test_openai_async_concurrent(daemon: ThreadedDaemon, tls_files: tuple[Path, 
             base_url=daemon.base_url + "/v1",
             api_key=KEY,
             max_retries=0,
-            http_client=httpx.AsyncClient(verify=_ctx(tls_files)),
+            http_client=httpx.AsyncClient(verify=tls_context(tls_files)),
         ) as c:
 
             async def one(i: int) -> str:

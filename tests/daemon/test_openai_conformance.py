@@ -8,16 +8,12 @@ metadata, ...) and unknown extras are accepted; `null` is accepted for every opt
 from __future__ import annotations
 
 import json
-import ssl
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from deepseek_node.daemon.testing import ThreadedDaemon
 from tests.daemon.conftest import KEY
 
 MODEL = "deepseek-tiny"
@@ -49,26 +45,6 @@ NULLABLE_CHAT = [
     "audio",
 ]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
-
-
-def _ctx(tls_files: tuple[Path, Path]) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(tls_files[0]))
-
-
-@pytest.fixture
-def client(daemon: ThreadedDaemon, tls_files: tuple[Path, Path]) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=daemon.base_url + "/v1",
-        api_key=KEY,
-        http_client=httpx.Client(verify=_ctx(tls_files)),
-        max_retries=0,
-    )
-
-
-@pytest.fixture
-def http(daemon: ThreadedDaemon, tls_files: tuple[Path, Path]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=daemon.base_url, verify=_ctx(tls_files), timeout=30) as c:
-        yield c
 
 
 def _events(r: httpx.Response) -> list[Any]:
