@@ -602,6 +602,41 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
         require_ready(state)
         return body, audit
 
+    async def answer(
+        request: Request,
+        body: P.ChatCompletionRequest | P.CompletionRequest,
+        audit: dict[str, Any],
+        ids: list[int],
+        chat: bool,
+    ) -> Response:
+        """What both generation routes do once the prompt is tokenized: submit, then stream or collect."""
+        params = resolve_params(state, body, len(ids))
+        rid = _rid(request)
+        handle = submit(state, ids, params, rid)
+        created = P.now()
+        cid = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
+        model = state.config.model.served_name
+        if body.stream:
+            extra: dict[str, Any] = {"system_fingerprint": fp, "include_usage": body.include_usage}
+            build = P.chat_chunk if chat else P.completion_chunk
+
+            def chunk(text: str | None, reason: str | None, usage: P.Usage | None) -> dict[str, Any]:
+                if usage is not None:
+                    return build(cid, model, created, None, usage=usage, **extra)
+                content = ({"content": text} if text else {}) if chat else (text or "")
+                return build(cid, model, created, content, reason, **extra)
+
+            first = (
+                P.chat_chunk(cid, model, created, {"role": "assistant", "content": ""}, **extra)
+                if chat
+                else None
+            )
+            return _event_stream(_stream(handle, chunk, first, body.include_usage, audit))
+        text, reason = await _collect(handle, request)
+        _finish_audit(audit, handle, text, reason)
+        respond = P.chat_response if chat else P.completion_response
+        return JSONResponse(respond(cid, model, text, reason, _usage(handle), created, fp))
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         body, audit = await admit(request, P.ChatCompletionRequest)
@@ -613,25 +648,7 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
         ids = await _tokenize(lambda: state.engine.encode_chat(messages), size)
         if state.audit.config.log_content:
             audit["prompt"] = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-        params = resolve_params(state, body, len(ids))
-        rid = _rid(request)
-        handle = submit(state, ids, params, rid)
-        created = P.now()
-        cid = f"chatcmpl-{rid}"
-        model = state.config.model.served_name
-        if body.stream:
-            extra: dict[str, Any] = {"system_fingerprint": fp, "include_usage": body.include_usage}
-
-            def chunk(text: str | None, reason: str | None, usage: P.Usage | None) -> dict[str, Any]:
-                if usage is not None:
-                    return P.chat_chunk(cid, model, created, None, usage=usage, **extra)
-                return P.chat_chunk(cid, model, created, {"content": text} if text else {}, reason, **extra)
-
-            first = P.chat_chunk(cid, model, created, {"role": "assistant", "content": ""}, **extra)
-            return _event_stream(_stream(handle, chunk, first, body.include_usage, audit))
-        text, reason = await _collect(handle, request)
-        _finish_audit(audit, handle, text, reason)
-        return JSONResponse(P.chat_response(cid, model, text, reason, _usage(handle), created, fp))
+        return await answer(request, body, audit, ids, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -652,24 +669,7 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
             ids = prompt
             if state.audit.config.log_content:
                 audit["prompt"] = f"<{len(ids)} token ids>"
-        params = resolve_params(state, body, len(ids))
-        rid = _rid(request)
-        handle = submit(state, ids, params, rid)
-        created = P.now()
-        cid = f"cmpl-{rid}"
-        model = state.config.model.served_name
-        if body.stream:
-            extra: dict[str, Any] = {"system_fingerprint": fp, "include_usage": body.include_usage}
-
-            def chunk(text: str | None, reason: str | None, usage: P.Usage | None) -> dict[str, Any]:
-                if usage is not None:
-                    return P.completion_chunk(cid, model, created, None, usage=usage, **extra)
-                return P.completion_chunk(cid, model, created, text or "", reason, **extra)
-
-            return _event_stream(_stream(handle, chunk, None, body.include_usage, audit))
-        text, reason = await _collect(handle, request)
-        _finish_audit(audit, handle, text, reason)
-        return JSONResponse(P.completion_response(cid, model, text, reason, _usage(handle), created, fp))
+        return await answer(request, body, audit, ids, chat=False)
 
     return app
 

@@ -163,14 +163,16 @@ def kernel_headers(kernel: str, modules_dir: str = "/lib/modules") -> dict[str, 
     return {"kernel": kernel, "path": build, "installed": os.path.isfile(os.path.join(build, "Makefile"))}
 
 
+def _nearest_existing(path: str) -> str:
+    """`path`, or its nearest existing parent: where a directory still to be created will live."""
+    while path and not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
 def free_gib(path: str) -> dict[str, Any]:
     """Free space on the filesystem that holds `path` (or its nearest existing parent)."""
-    probe_path = path
-    while probe_path and not os.path.exists(probe_path):
-        parent = os.path.dirname(probe_path)
-        if parent == probe_path:
-            break
-        probe_path = parent
+    probe_path = _nearest_existing(path)
     try:
         st = os.statvfs(probe_path or "/")
     except OSError:
@@ -183,9 +185,7 @@ def measure_space(needs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for need in needs:
         path = str(need.get("path") or "/")
-        at = path
-        while not os.path.exists(at) and os.path.dirname(at) != at:
-            at = os.path.dirname(at)
+        at = _nearest_existing(path)
         row: dict[str, Any] = {**need, "measured_at": at, "device": None, "free_bytes": None}
         try:
             st = os.statvfs(at)

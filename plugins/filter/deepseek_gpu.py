@@ -79,16 +79,6 @@ def deepseek_version_compare(a: str, b: str) -> int:
     return gpu.compare_versions(str(a), str(b))
 
 
-def deepseek_is_controller(
-    connection: str | None,
-    inventory_hostname: str,
-    ansible_host: str | None = None,
-    machine_id: str | None = None,
-    controller_machine_id: str | None = None,
-) -> bool:
-    return gpu.is_controller(connection, inventory_hostname, ansible_host, machine_id, controller_machine_id)
-
-
 def deepseek_boot_time_command(virtualization: str) -> str:
     return gpu.boot_time_command(str(virtualization or ""))
 
@@ -105,6 +95,6 @@ class FilterModule:
             "deepseek_pick_version": deepseek_pick_version,
             "deepseek_upstream_version": deepseek_upstream_version,
             "deepseek_version_compare": deepseek_version_compare,
-            "deepseek_is_controller": deepseek_is_controller,
+            "deepseek_is_controller": gpu.is_controller,
             "deepseek_boot_time_command": deepseek_boot_time_command,
         }
