@@ -29,6 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deepseek_node import __version__ as _pkg_version
 from deepseek_node.daemon import protocol as P
+from deepseek_node.daemon import relay as R
+from deepseek_node.daemon.admission import Admission, Lease, Refused
 from deepseek_node.daemon.audit import AuditLog
 from deepseek_node.daemon.auth import KeyStore, Principal
 from deepseek_node.daemon.config import DaemonConfig
@@ -90,6 +92,22 @@ class DaemonState:
     created: int = field(default_factory=P.now)
     load_plan: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
+    admission: Admission | None = None
+
+    def __post_init__(self) -> None:
+        if self.admission is None:
+            self.admission = make_admission(self.config, relay=bool(getattr(self.engine, "relay", False)))
+
+
+def make_admission(config: DaemonConfig, relay: bool) -> Admission:
+    """Per-key ceilings always; a node ceiling where the engine's own queue is not bounded (vLLM's)."""
+    e = config.engine
+    return Admission(
+        per_key_default=config.server.max_concurrent_per_key,
+        per_key={k.id: k.max_concurrent for k in config.auth.api_keys if k.max_concurrent is not None},
+        node_limit=e.max_running + e.max_queue if relay else None,
+        retry_after_s=e.retry_after_s,
+    )
 
 
 # ------------------------------------------------------------------------------------------- middleware
@@ -346,6 +364,21 @@ def resolve_params(
     )
 
 
+def acquire(state: DaemonState, principal: Principal) -> Lease:
+    assert state.admission is not None
+    try:
+        return state.admission.acquire(principal.key_id)
+    except Refused as exc:
+        state.metrics.rejected.labels("key_limit" if exc.scope == "key" else "queue_full").inc()
+        raise APIError(
+            429,
+            str(exc),
+            "rate_limit_error",
+            code="key_concurrency_limit" if exc.scope == "key" else "server_overloaded",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from None
+
+
 def submit(state: DaemonState, ids: list[int], params: SamplingParams, rid: str) -> RequestHandle:
     try:
         return state.engine.submit(ids, params, rid)
@@ -445,6 +478,7 @@ async def _stream(
     first: dict[str, Any] | None,
     include_usage: bool,
     audit: dict[str, Any],
+    lease: Lease,
 ) -> AsyncIterator[bytes]:
     parts: list[str] = []
     reason: str | None = None
@@ -470,6 +504,7 @@ async def _stream(
     finally:
         # Client gone (generator closed) or done: either way the sequence must not keep decoding.
         handle.cancel()
+        lease.release()
         _finish_audit(audit, handle, "".join(parts), reason or "abort")
 
 
@@ -568,7 +603,10 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         authorize(request, KeyScope.METRICS)
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+        body = state.metrics.render()
+        if getattr(state.engine, "relay", False):
+            body += await state.engine.metrics_text()  # type: ignore[attr-defined]
+        return Response(body, media_type=CONTENT_TYPE)
 
     @app.get("/admin/status")
     async def admin_status(request: Request) -> dict[str, Any]:
@@ -591,8 +629,9 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
             },
         }
 
-    async def admit(request: Request, model_cls: type[M]) -> tuple[M, dict[str, Any]]:
-        """What every generation route does first: key, body, audit record, model allow-list, readiness."""
+    async def admit(request: Request, model_cls: type[M]) -> tuple[M, dict[str, Any], Lease]:
+        """What every generation route does first: key, body, audit record, model allow-list, readiness,
+        the key's concurrency ceiling."""
         principal = authorize(request, KeyScope.INFERENCE)
         body = await parse_body(request, model_cls)
         audit = _audit(request)
@@ -600,7 +639,42 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
         audit["stream"] = body.stream
         check_model(state, principal, body.model)
         require_ready(state)
-        return body, audit
+        return body, audit, acquire(state, principal)
+
+    async def relay(request: Request, path: str) -> Response:
+        """The same admission, then the request goes to the engine as sent and its answer comes back."""
+        from deepseek_node.daemon.engines.vllm import EngineUnavailable
+
+        principal = authorize(request, KeyScope.INFERENCE)
+        try:
+            body = R.parse_relay_body(await request.body())
+        except R.BadBody as exc:
+            raise APIError(400, str(exc), param=exc.param, code=exc.code) from None
+        audit = _audit(request)
+        audit["model"] = body["model"][:256]
+        audit["stream"] = bool(body.get("stream"))
+        check_model(state, principal, body["model"])
+        require_ready(state)
+        keep = state.audit.config.log_content
+        if keep:
+            audit["prompt"] = R.prompt_for_audit(body)
+        lease = acquire(state, principal)
+        try:
+            resp, done = await state.engine.open(path, await request.body())  # type: ignore[attr-defined]
+        except EngineUnavailable as exc:
+            lease.release()
+            raise APIError(
+                503, str(exc), "server_error", code="engine_unavailable", headers={"Retry-After": "5"}
+            ) from None
+        except BaseException:
+            lease.release()
+            raise
+
+        def finished() -> None:
+            done()
+            lease.release()
+
+        return await R.relay_response(resp, finished, bool(body.get("stream")), audit, keep)
 
     async def answer(
         request: Request,
@@ -608,13 +682,19 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
         audit: dict[str, Any],
         ids: list[int],
         chat: bool,
+        lease: Lease,
     ) -> Response:
         """What both generation routes do once the prompt is tokenized: submit, then stream or collect."""
-        params = resolve_params(state, body, len(ids))
-        rid = _rid(request)
-        handle = submit(state, ids, params, rid)
+        try:
+            params = resolve_params(state, body, len(ids))
+            handle = submit(state, ids, params, _rid(request))
+        except BaseException:
+            lease.release()
+            raise
         created = P.now()
-        cid = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
+        # The completion id is the server's own: two clients sending the same X-Request-ID must not
+        # receive the same id (the client's id is echoed in the header and audited, nothing more).
+        cid = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}"
         model = state.config.model.served_name
         if body.stream:
             extra: dict[str, Any] = {"system_fingerprint": fp, "include_usage": body.include_usage}
@@ -631,28 +711,49 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
                 if chat
                 else None
             )
-            return _event_stream(_stream(handle, chunk, first, body.include_usage, audit))
-        text, reason = await _collect(handle, request)
+            return _event_stream(_stream(handle, chunk, first, body.include_usage, audit, lease))
+        try:
+            text, reason = await _collect(handle, request)
+        finally:
+            lease.release()
         _finish_audit(audit, handle, text, reason)
         respond = P.chat_response if chat else P.completion_response
         return JSONResponse(respond(cid, model, text, reason, _usage(handle), created, fp))
 
+    relayed = bool(getattr(state.engine, "relay", False))
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        body, audit = await admit(request, P.ChatCompletionRequest)
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in body.messages
-        ]
-        size = sum(len(m["content"]) for m in messages)
-        ids = await _tokenize(lambda: state.engine.encode_chat(messages), size)
+        if relayed:
+            return await relay(request, "/v1/chat/completions")
+        body, audit, lease = await admit(request, P.ChatCompletionRequest)
+        try:
+            messages = [
+                {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in body.messages
+            ]
+            size = sum(len(m["content"]) for m in messages)
+            ids = await _tokenize(lambda: state.engine.encode_chat(messages), size)
+        except BaseException:
+            lease.release()
+            raise
         if state.audit.config.log_content:
             audit["prompt"] = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-        return await answer(request, body, audit, ids, chat=True)
+        return await answer(request, body, audit, ids, chat=True, lease=lease)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body, audit = await admit(request, P.CompletionRequest)
+        if relayed:
+            return await relay(request, "/v1/completions")
+        body, audit, lease = await admit(request, P.CompletionRequest)
+        try:
+            ids = await _completion_ids(body, audit)
+        except BaseException:
+            lease.release()
+            raise
+        return await answer(request, body, audit, ids, chat=False, lease=lease)
+
+    async def _completion_ids(body: P.CompletionRequest, audit: dict[str, Any]) -> list[int]:
         prompt = body.prompt_text_or_ids()
         if isinstance(prompt, str):
             text_prompt = prompt
@@ -669,7 +770,7 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
             ids = prompt
             if state.audit.config.log_content:
                 audit["prompt"] = f"<{len(ids)} token ids>"
-        return await answer(request, body, audit, ids, chat=False)
+        return ids
 
     return app
 

@@ -25,10 +25,12 @@ __all__ = [
     "Device",
     "EngineBackend",
     "EngineConfig",
+    "EngineKind",
     "ModelConfig",
     "Quantization",
     "Scope",
     "ServerConfig",
+    "VllmConfig",
     "load_config",
     "parse_config",
 ]
@@ -75,6 +77,17 @@ class EngineBackend(StrEnum):
     AUTO = "auto"
     CONTINUOUS_BATCHING = "continuous_batching"
     STEP = "step"
+
+
+class EngineKind(StrEnum):
+    """What serves the model behind the gateway.
+
+    `builtin` is this package's transformers engine (CPU targets, small models, the lab); `vllm` is a vLLM
+    OpenAI-compatible server in its own virtualenv on loopback, behind the gateway's TLS, keys and audit.
+    """
+
+    BUILTIN = "builtin"
+    VLLM = "vllm"
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -131,6 +144,9 @@ class ServerConfig(_Strict):
     tls_key: Path | None = None
     # Requests larger than this are refused with 413 before they are parsed.
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Generation requests one API key may have in flight (admitted or queued); beyond it, 429. Keeps one
+    # tenant from filling the queue for everyone. Per-key `max_concurrent` overrides it.
+    max_concurrent_per_key: int = Field(64, ge=1, le=100_000)
 
     @field_validator("tls_cert", "tls_key", mode="before")
     @classmethod
@@ -149,6 +165,7 @@ class ServerConfig(_Strict):
 
 
 class EngineConfig(_Strict):
+    kind: EngineKind = EngineKind.BUILTIN
     max_running: int = Field(16, ge=1, le=4096)
     max_queue: int = Field(64, ge=0, le=1_000_000)
     default_max_tokens: int = Field(256, ge=1)
@@ -168,14 +185,15 @@ class EngineConfig(_Strict):
     # event loop for the GIL (see engine_proc.py); False runs it as a thread (tests, debugging).
     separate_process: bool = True
 
-    @field_validator("backend", mode="before")
+    @field_validator("backend", "kind", mode="before")
     @classmethod
-    def _backend(cls, v: Any) -> Any:
+    def _backend(cls, v: Any, info: Any) -> Any:
+        enum = {"backend": EngineBackend, "kind": EngineKind}[info.field_name]
         if isinstance(v, str):
             try:
-                return EngineBackend(v)
+                return enum(v)
             except ValueError:
-                raise ValueError(f"{v!r} is not one of {'|'.join(e.value for e in EngineBackend)}") from None
+                raise ValueError(f"{v!r} is not one of {'|'.join(e.value for e in enum)}") from None
         return v
 
     @field_validator("shutdown_grace_s", mode="before")
@@ -184,11 +202,82 @@ class EngineConfig(_Strict):
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
+class VllmConfig(_Strict):
+    """The vLLM engine: either started by the daemon (`python` + `args`) or run by its own unit (`url`).
+
+    The internal credential never appears in an argv: the daemon hands a child its key through the
+    environment (VLLM_API_KEY); a separately supervised engine reads it from `api_key_file` as the daemon
+    does.
+    """
+
+    # Managed: the daemon starts `python -m vllm.entrypoints.openai.api_server ARGS` on loopback.
+    python: Path | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    # External: an engine unit already listening here (loopback), sharing the key in api_key_file.
+    url: str | None = None
+    api_key_file: Path | None = None
+    startup_timeout_s: float = Field(1800, ge=1, le=86_400)
+    health_interval_s: float = Field(2.0, gt=0, le=60)
+
+    @field_validator("python", "api_key_file", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return Path(v) if isinstance(v, str) else v
+
+    @field_validator("startup_timeout_s", "health_interval_s", mode="before")
+    @classmethod
+    def _float(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"http://(127\.0\.0\.1|\[::1\]|localhost):\d{1,5}", v):
+            raise ValueError(
+                "must be http://127.0.0.1:PORT (or [::1] / localhost): the engine listens on loopback only, "
+                "behind the gateway's TLS and keys"
+            )
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if a == "--api-key" or a.startswith("--api-key="):
+                raise ValueError(
+                    "--api-key must not be in the engine's arguments (any user can read a process's argv); "
+                    "the daemon passes the engine's key through its environment"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _mode(self) -> VllmConfig:
+        managed = self.python is not None
+        external = self.url is not None
+        if managed == external:
+            raise ValueError(
+                "set either python (+ args: the daemon starts vLLM) or url + api_key_file (vLLM runs as its "
+                "own unit), not both and not neither"
+            )
+        if external and self.api_key_file is None:
+            raise ValueError("url needs api_key_file: the internal credential the engine unit also reads")
+        if managed and not any(a == "--model" or a.startswith("--model=") for a in self.args):
+            raise ValueError("args must name the model (--model DIR)")
+        return self
+
+    @property
+    def managed(self) -> bool:
+        return self.python is not None
+
+
 class ApiKeyConfig(_Strict):
     id: str
     sha256: str
     scopes: list[Scope] = Field(min_length=1)
     models: list[str] = Field(default_factory=list)  # empty = every served model
+    # Generation requests this key may have in flight at once (None: the server's per-key default).
+    max_concurrent: int | None = Field(None, ge=1, le=100_000)
 
     @field_validator("id")
     @classmethod
@@ -251,6 +340,7 @@ class DaemonConfig(_Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     auth: AuthConfig
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    vllm: VllmConfig | None = None
     plan: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -260,6 +350,10 @@ class DaemonConfig(_Strict):
                 f"engine.default_max_tokens ({self.engine.default_max_tokens}) must be below model.max_context "
                 f"({self.model.max_context}) so a prompt still fits"
             )
+        if self.engine.kind is EngineKind.VLLM and self.vllm is None:
+            raise ValueError("engine.kind is vllm: add a vllm section (python + args, or url + api_key_file)")
+        if self.engine.kind is not EngineKind.VLLM and self.vllm is not None:
+            raise ValueError("a vllm section is set but engine.kind is builtin: set engine.kind: vllm")
         for key in self.auth.api_keys:
             unknown = [m for m in key.models if m != self.model.served_name]
             if unknown:

@@ -242,7 +242,8 @@ class _Handle(RequestHandle):
     """
 
     engine: BatchingEngine
-    request_id: str
+    seq_id: str  # the engine's own key for this sequence; never taken from the client
+    request_id: str  # the client-visible id: echoed and audited only
     prompt_ids: list[int]
     params: SamplingParams
     arrival: float
@@ -335,6 +336,7 @@ class BatchingEngine(Engine):
         self._warmup = warmup
         self._seed = seed
         self._seed_counter = 0
+        self._seq_counter = 0
         self._state = EngineState.LOADING
         self._backend: Backend | None = None
         self._tokenizer: Any = None
@@ -482,8 +484,10 @@ class BatchingEngine(Engine):
     ) -> _Handle:
         if not force and len(self._running) >= self.max_running and len(self._waiting) >= self.max_queue:
             raise QueueFull(self.retry_after_s)
+        self._seq_counter += 1
         handle = _Handle(
             engine=self,
+            seq_id=f"seq-{self._seq_counter}",
             request_id=request_id,
             prompt_ids=list(prompt_ids),
             params=params,
@@ -507,11 +511,11 @@ class BatchingEngine(Engine):
     def _start(self, h: _Handle) -> None:
         assert self._backend is not None
         h.started_at = time.monotonic()
-        self._running[h.request_id] = h
+        self._running[h.seq_id] = h
         p = h.params
         self._backend.add(
             BackendSequence(
-                seq_id=h.request_id,
+                seq_id=h.seq_id,
                 prompt_ids=h.prompt_ids,
                 max_new_tokens=p.max_tokens,
                 eos_ids=self._eos_ids,
@@ -523,7 +527,7 @@ class BatchingEngine(Engine):
 
     def _release(self, h: _Handle) -> None:
         """Free h's slot and start waiting requests in its place."""
-        if self._running.pop(h.request_id, None) is None:
+        if self._running.pop(h.seq_id, None) is None:
             with contextlib.suppress(ValueError):
                 self._waiting.remove(h)
         while self._waiting and len(self._running) < self.max_running:
@@ -535,10 +539,10 @@ class BatchingEngine(Engine):
         if h.done:
             return
         h.cancelled = True
-        was_running = h.request_id in self._running
+        was_running = h.seq_id in self._running
         self._finish(h, "abort")
         if was_running and self._backend is not None:
-            self._backend.cancel(h.request_id)
+            self._backend.cancel(h.seq_id)
 
     def _finish(self, h: _Handle, reason: str, error: str | None = None) -> None:
         if h.done:
@@ -578,7 +582,7 @@ class BatchingEngine(Engine):
                 h.pending_text += h.stopper.feed(h.detok.flush())  # natural end: release held-back bytes
             if reason is not None:
                 if not up.finished and self._backend is not None:
-                    self._backend.cancel(h.request_id)  # stop sequence or limit hit before the backend knew
+                    self._backend.cancel(h.seq_id)  # stop sequence or limit hit before the backend knew
                 self._finish(h, reason)
             else:
                 h.wake.set()

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from deepseek_node.daemon.audit import AuditLog
 from deepseek_node.daemon.auth import KeyStore
-from deepseek_node.daemon.config import DaemonConfig, EngineBackend
+from deepseek_node.daemon.config import ConfigError, DaemonConfig, EngineBackend, EngineKind
 from deepseek_node.daemon.engine import Backend, BatchingEngine
 from deepseek_node.daemon.loading import LoadPlan, check_model_dir, load_model, plan_load, probe_gpus
 from deepseek_node.daemon.metrics import Metrics
@@ -29,7 +29,37 @@ def prepare(config: DaemonConfig) -> LoadPlan:
     data = check_model_dir(config.model)
     qc = data.get("quantization_config")
     checkpoint_quant = qc.get("quant_method") if isinstance(qc, dict) else None
+    if config.engine.kind is EngineKind.VLLM:
+        return _vllm_plan(config, checkpoint_quant)
     return plan_load(config.model, probe_gpus(), checkpoint_quant=checkpoint_quant)
+
+
+def _vllm_plan(config: DaemonConfig, checkpoint_quant: str | None) -> LoadPlan:
+    """vLLM places and loads the model itself; what the gateway can check is that it can start it."""
+    v = config.vllm
+    assert v is not None
+    if v.python is not None and not v.python.is_file():
+        raise ConfigError(
+            f"vllm.python {v.python} does not exist: install the engine's virtualenv from the bundle "
+            "(the inference_daemon role does) or set engine.kind: builtin"
+        )
+    if v.api_key_file is not None and not v.api_key_file.is_file():
+        raise ConfigError(
+            f"vllm.api_key_file {v.api_key_file} does not exist: the engine unit's key is missing"
+        )
+    m = config.model
+    return LoadPlan(
+        device=m.device.value,
+        dtype=m.dtype.value,
+        quantization=m.quantization,
+        gpus=[],
+        device_map=None,
+        quant_library=checkpoint_quant,
+        notes=[
+            f"served by vLLM ({'started by the daemon' if v.managed else 'its own unit at ' + str(v.url)}), "
+            f"tensor x pipeline parallel {m.tensor_parallel} x {m.pipeline_parallel}"
+        ],
+    )
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
@@ -204,7 +234,13 @@ def build_state(
     from deepseek_node.daemon.api import DaemonState
 
     metrics = Metrics(config.model.served_name, gpu=gpu_metrics)
-    engine = build_engine(config, plan, metrics, on_fatal)
+    engine: Any
+    if config.engine.kind is EngineKind.VLLM:
+        from deepseek_node.daemon.engines.vllm import VllmEngine
+
+        engine = VllmEngine(config, on_fatal=on_fatal)
+    else:
+        engine = build_engine(config, plan, metrics, on_fatal)
     return DaemonState(
         config=config,
         engine=engine,

@@ -117,7 +117,8 @@ def test_request_id_header_and_audit_line(daemon: ThreadedDaemon, http: httpx.Cl
     )
     assert r.status_code == 200
     assert r.headers["x-request-id"] == "trace-abc.1"
-    assert r.json()["id"] == "chatcmpl-trace-abc.1"
+    # The completion id is the server's own; the client's id is echoed in the header only.
+    assert r.json()["id"].startswith("chatcmpl-") and "trace-abc.1" not in r.json()["id"]
     lines = [json.loads(x) for x in daemon.audit.lines if '"trace-abc.1"' in x]
     assert len(lines) == 1
     rec = lines[0]
@@ -127,6 +128,54 @@ def test_request_id_header_and_audit_line(daemon: ThreadedDaemon, http: httpx.Cl
     # A malicious id is replaced, not echoed.
     r = http.get("/v1/models", headers={**AUTH, "X-Request-ID": 'x" injected'})
     assert r.headers["x-request-id"] != 'x" injected'
+
+
+@pytest.mark.parametrize("rid", ["same-id", "", 'x" injected\\', "a" * 500, "seq-1"])
+def test_concurrent_requests_with_equal_ids_never_share_tokens(
+    daemon: ThreadedDaemon, tls_files: tuple[Path, Path], rid: str
+) -> None:
+    """Tenant isolation: whatever X-Request-ID clients send (equal, empty, hostile, or shaped like the
+    engine's own keys), each concurrent request gets exactly its own answer and the engine's count of
+    running sequences returns to zero."""
+    prompts = [f"Tell me about topic number {i} {'x' * i}" for i in range(8)]
+
+    def body(p: str, stream: bool) -> dict:
+        return {
+            "model": "deepseek-tiny",
+            "messages": [{"role": "user", "content": p}],
+            "max_tokens": 16,
+            "temperature": 0,
+            "stream": stream,
+        }
+
+    async def one(c: httpx.AsyncClient, p: str, stream: bool) -> tuple[str, str]:
+        headers = {**AUTH, "X-Request-ID": rid}
+        if not stream:
+            r = await c.post("/v1/chat/completions", headers=headers, json=body(p, False))
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["message"]["content"], r.json()["id"]
+        text, cid = "", ""
+        async with c.stream("POST", "/v1/chat/completions", headers=headers, json=body(p, True)) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    ev = json.loads(line[6:])
+                    cid = ev["id"]
+                    text += ev["choices"][0]["delta"].get("content") or "" if ev["choices"] else ""
+        return text, cid
+
+    async def run() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        async with httpx.AsyncClient(
+            base_url=daemon.base_url, verify=tls_context(tls_files), timeout=60
+        ) as c:
+            alone = [await one(c, p, False) for p in prompts]
+            together = await asyncio.gather(*(one(c, p, i % 2 == 1) for i, p in enumerate(prompts)))
+            return alone, list(together)
+
+    alone, together = asyncio.run(run())
+    assert [t for t, _ in together] == [t for t, _ in alone]
+    assert len({cid for _, cid in together}) == len(prompts)  # ids are never shared either
+    assert daemon.state.engine.stats().running == 0
 
 
 # ------------------------------------------------------------------------------------------ errors

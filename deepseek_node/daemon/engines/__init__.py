@@ -1,0 +1,1 @@
+"""Engines behind the gateway, each in its own subpackage behind one interface."""
