@@ -29,6 +29,7 @@ def config_for(
     model: dict[str, Any] | None = None,
     server: dict[str, Any] | None = None,
     audit: dict[str, Any] | None = None,
+    vllm: dict[str, Any] | None = None,
 ) -> DaemonConfig:
     """A config like the Ansible role renders, for a local model directory, listening on 127.0.0.1."""
     data: dict[str, Any] = {
@@ -61,6 +62,9 @@ def config_for(
         "audit": {"path": None, "log_content": False, "redact": True, **(audit or {})},
         "plan": {"source": "testing"},
     }
+    if vllm is not None:
+        data["engine"]["kind"] = "vllm"
+        data["vllm"] = vllm
     return parse_config(data, "test config")
 
 
