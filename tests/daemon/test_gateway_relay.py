@@ -41,7 +41,7 @@ def gateway(
     engine: FakeEngine, tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path
 ) -> Iterator[ThreadedDaemon]:
     key_file = tmp_path_factory.mktemp("engine") / "engine.key"
-    key_file.write_text(INTERNAL + "\n")
+    key_file.write_text(f"VLLM_API_KEY={INTERNAL}\n")  # the engine unit's environment file
     other = {
         "id": "tenant-b",
         "sha256": hashlib.sha256(OTHER.encode()).hexdigest(),

@@ -47,10 +47,13 @@ def engine_series(exposition: bytes) -> bytes:
 
 
 def _read_key(path: Path) -> str:
+    """The key alone, or the `VLLM_API_KEY=...` line of the environment file the engine unit also reads
+    (one file, so the two can never disagree)."""
     try:
         key = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise RuntimeError(f"cannot read the engine's key file {path}: {exc.strerror or exc}") from None
+    key = key.removeprefix("VLLM_API_KEY=").strip().strip('"')
     if len(key) < 16:
         raise RuntimeError(f"the engine's key file {path} holds no key of at least 16 characters")
     return key
