@@ -24,14 +24,12 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,53 +38,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx
 import yaml
+from _load import free_port, jobs_for, make_cert, pct, run_level
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "dsn-bench-key"
-PROMPTS = [
-    "Hello, how are you today?",
-    "What is the capital of France?",
-    "Explain how a transformer works.",
-    "Please write a short poem about the sea.",
-    "Operators provision GPU nodes with Ansible and verify offline bundles.",
-    "The key value cache grows with context length.",
-    "Numbers: 0 1 2 3 4 5 6 7 8 9",
-    "Quantization to int8 or int4 trades a little accuracy for memory.",
-]
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_cert(d: Path) -> tuple[Path, Path]:
-    from deepseek_node.daemon.testing import self_signed_cert
-
-    return self_signed_cert(d, "bench")
-
-
-@dataclass
-class Level:
-    concurrency: int
-    requests: int
-    tokens: int
-    seconds: float
-    ttft: list[float]
-
-    @property
-    def tps(self) -> float:
-        return self.tokens / self.seconds
-
-
 # ------------------------------------------------------------------------------------- baseline
 
 
@@ -121,109 +76,6 @@ def sequential_generate(
     return tokens / dt_, tokens, dt_
 
 
-# --------------------------------------------------------------------------------------- client
-
-
-class LeanClient:
-    """A minimal HTTP/1.1 keep-alive client over asyncio streams, for load generation.
-
-    The load generator shares this machine's cores with the server; httpx costs several times more CPU
-    per SSE chunk than the daemon spends producing it, so the measured ceiling would be the client's.
-    It sends the same requests an OpenAI client sends and reads the chunked SSE body without decoding
-    chunks it does not need (the first content chunk for TTFT, the usage chunk at the end).
-    """
-
-    def __init__(self, host: str, port: int, ssl_ctx: ssl.SSLContext | None, headers: dict[str, str]) -> None:
-        self.host, self.port, self.ssl_ctx = host, port, ssl_ctx
-        self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def _connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl_ctx)
-
-    async def chat_stream(self, body: dict[str, Any]) -> tuple[float | None, int]:
-        """(TTFT seconds, completion tokens) of one streamed chat completion."""
-        if self.writer is None:
-            await self._connect()
-        assert self.reader is not None and self.writer is not None
-        payload = json.dumps(body).encode()
-        head = (
-            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {self.host}\r\n{self.extra}"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-        ).encode()
-        t0 = time.perf_counter()
-        self.writer.write(head + payload)
-        status_line = await self.reader.readuntil(b"\r\n")
-        if b" 200 " not in status_line:
-            raise RuntimeError(f"HTTP error: {status_line!r}")
-        await self.reader.readuntil(b"\r\n\r\n")  # headers (chunked transfer encoding)
-        first: float | None = None
-        tail: list[bytes] = []
-        while True:
-            size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
-            data = await self.reader.readexactly(size + 2)
-            if size == 0:
-                break
-            if first is None and b'"content":"' in data and b'"content":""' not in data:
-                first = time.perf_counter() - t0
-            tail = [*tail[-1:], data]  # the usage chunk is last or second to last (before [DONE])
-        for data in tail:
-            for line in data.split(b"\n"):
-                if line.startswith(b"data: {") and b'"usage"' in line:
-                    return first, int(json.loads(line[6:])["usage"]["completion_tokens"])
-        raise RuntimeError("no usage chunk at the end of the stream")
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-async def run_level(
-    base: str, model: str, verify: Any, concurrency: int, jobs: list[tuple[str, int]], headers: dict[str, str]
-) -> Level:
-    queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
-    for j in jobs:
-        queue.put_nowait(j)
-    ttfts: list[float] = []
-    total = 0
-    url = httpx.URL(base)
-    ctx = verify if isinstance(verify, ssl.SSLContext) else None
-
-    async def worker() -> None:
-        nonlocal total
-        client = LeanClient(url.host, url.port or 443, ctx, headers)
-        try:
-            while True:
-                try:
-                    prompt, n = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                body = {
-                    "model": model,
-                    "messages": [{"role": "user", "content": prompt}],
-                    "max_tokens": n,
-                    "temperature": 0,
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                }
-                first, tokens = await client.chat_stream(body)
-                total += tokens
-                if first is not None:
-                    ttfts.append(first)
-        finally:
-            client.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    seconds = time.perf_counter() - t0
-    return Level(concurrency, len(jobs), total, seconds, ttfts)
-
-
-def jobs_for(n_requests: int, max_tokens: int) -> list[tuple[str, int]]:
-    return [(PROMPTS[i % len(PROMPTS)], max_tokens) for i in range(n_requests)]
-
-
 # ------------------------------------------------------------------------------------- overhead
 
 
@@ -231,7 +83,8 @@ def overhead(
     base: str, model: str, verify: Any, model_dir: Path, threads: int, n: int = 200
 ) -> dict[str, float]:
     """p50 of a 1-token chat request over HTTPS (kept-alive and fresh connection) vs in-process."""
-    from deepseek_node.daemon.runtime import build_engine, prepare
+    from deepseek_node.daemon.engines.builtin.assemble import build_engine
+    from deepseek_node.daemon.runtime import prepare
     from deepseek_node.daemon.testing import config_for
 
     body = {
@@ -260,7 +113,7 @@ def overhead(
     engine = build_engine(cfg, prepare(cfg))
 
     async def inproc() -> list[float]:
-        from deepseek_node.daemon.engine import SamplingParams
+        from deepseek_node.daemon.engines.builtin.engine import SamplingParams
 
         await engine.start()
         while not engine.ready:

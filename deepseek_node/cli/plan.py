@@ -1,12 +1,15 @@
 """`provision plan`: how each inference node will serve its model, and why.
 
-A thin surface over `deepseek_node.planner` (the Ansible filter `deepseek_plan` is the other one): read the
-inventory through `ansible-inventory`, validate it, plan every host, print a table or JSON.
+A thin surface over `deepseek_node.planner` (the Ansible filters `deepseek_plan` and `deepseek_vllm_args`
+are the other one): read the inventory through `ansible-inventory`, validate it, plan every host, print a
+table or JSON, with the engine and, for vLLM, the command line that serves the plan.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,8 @@ from deepseek_node.planner import (
     HARDWARE_PROFILES,
     MODELS,
     Candidate,
+    Engine,
+    EngineUnavailableError,
     Fit,
     Goal,
     HardwareProfile,
@@ -26,10 +31,16 @@ from deepseek_node.planner import (
     PlannerInputError,
     PlanRequest,
     candidates,
+    engine_args,
     plan,
     resolve_model,
     resolve_profile,
 )
+
+# The preview's model path and port: the role's default models directory and vLLM's own default port (the
+# role renders the real ones through the `deepseek_vllm_args` filter).
+PREVIEW_MODELS_DIR = "/var/lib/deepseek-node/models"
+PREVIEW_VLLM_PORT = 8000
 
 
 def _console() -> Console:
@@ -59,6 +70,9 @@ def plan_command(
         None, "--hardware", help="Plan for a catalog hardware profile instead of an inventory."
     ),
     goal: Goal | None = typer.Option(None, "--goal", help="Override deepseek_serving_goal."),
+    engine: Engine = typer.Option(
+        Engine.AUTO, "--engine", help="Engine to plan for: auto (vLLM where it runs), vllm or builtin."
+    ),
     max_context: int | None = typer.Option(
         None, "--max-context", min=1, help="Override deepseek_max_context."
     ),
@@ -96,17 +110,22 @@ def plan_command(
         except PlannerInputError as exc:
             fail(_cli_words(str(exc)))
     overrides = {"model": model, "model_dir": str(model_dir) if model_dir else None}
-    if list_profiles:
-        _list_profiles(overrides, hardware, goal, max_context, as_json)
-        return
-    if hardware:
-        plans = [_plan_hardware(hardware, overrides, goal, max_context)]
-    elif inventory:
-        plans = _plan_inventory(inventory, group, overrides, goal, max_context)
-    else:
-        fail("give an inventory with -i INVENTORY, or --hardware PROFILE with --model, or a --list-* option")
+    try:
+        if list_profiles:
+            _list_profiles(overrides, hardware, goal, max_context, engine, as_json)
+            return
+        if hardware:
+            plans = [_plan_hardware(hardware, overrides, goal, max_context, engine)]
+        elif inventory:
+            plans = _plan_inventory(inventory, group, overrides, goal, max_context, engine)
+        else:
+            fail(
+                "give an inventory with -i INVENTORY, or --hardware PROFILE with --model, or a --list-* option"
+            )
+    except EngineUnavailableError as exc:
+        fail(f"--engine: {exc}")
     if as_json:
-        typer.echo(json.dumps([p.to_dict() for p in plans], indent=2))
+        typer.echo(json.dumps([{**p.to_dict(), "vllm": _vllm_preview(p)} for p in plans], indent=2))
     else:
         _print_plans(plans)
     if any(not p.fits for p in plans):
@@ -124,17 +143,24 @@ def _cli_words(message: str) -> str:
     return message
 
 
-def _plan_hardware(name: str, overrides: dict[str, Any], goal: Goal | None, max_context: int | None) -> Plan:
+def _plan_hardware(
+    name: str, overrides: dict[str, Any], goal: Goal | None, max_context: int | None, engine: Engine
+) -> Plan:
     try:
         profile = resolve_profile(name)
         spec = resolve_model(overrides["model"], overrides["model_dir"])
     except PlannerInputError as exc:
         fail(_cli_words(str(exc)))
-    return plan(PlanRequest(spec, profile, goal or Goal.THROUGHPUT, max_context))
+    return plan(PlanRequest(spec, profile, goal or Goal.THROUGHPUT, max_context, engine=engine))
 
 
 def _plan_inventory(
-    inventory: Path, group: str, overrides: dict[str, Any], goal: Goal | None, max_context: int | None
+    inventory: Path,
+    group: str,
+    overrides: dict[str, Any],
+    goal: Goal | None,
+    max_context: int | None,
+    engine: Engine,
 ) -> list[Plan]:
     from deepseek_node.inventory import InventoryError, InventoryLoadError, load_inventory, validate_inventory
 
@@ -146,7 +172,33 @@ def _plan_inventory(
         settings = validate_inventory(data, group, goal=goal, max_context=max_context, **overrides)
     except InventoryError as exc:
         fail(f"{inventory} is not valid for planning (nothing was changed):\n{exc}")
-    return [s.plan() for s in settings]
+    return [plan(replace(s.request(), engine=engine)) for s in settings]
+
+
+def _vllm_preview(p: Plan) -> dict[str, Any] | None:
+    """How vLLM would be started for a plan: argv, environment and the checkpoint it needs (None: no vLLM)."""
+    if not p.fits or p.engine is not Engine.VLLM:
+        return None
+    need = engine_args.checkpoint_need(p)
+    quant = engine_args.preview_checkpoint(p)
+    argv = engine_args.vllm_args(
+        p,
+        model_path=f"{PREVIEW_MODELS_DIR}/{p.model.name}",
+        served_name=p.model.name,
+        port=PREVIEW_VLLM_PORT,
+        checkpoint_quant=quant,
+    )
+    return {
+        "module": engine_args.VLLM_MODULE,
+        "argv": argv,
+        "env": engine_args.vllm_env(p),
+        "checkpoint": {
+            "needs": need.text,
+            "formats": [f or "unquantized" for f in need.formats],
+            # Set when the checkpoint the plan was made from (catalog or model dir) cannot serve it.
+            "problem": engine_args.check_checkpoint(p, p.model.quant_method),
+        },
+    }
 
 
 def _print_plans(plans: list[Plan]) -> None:
@@ -156,6 +208,7 @@ def _print_plans(plans: list[Plan]) -> None:
         "host",
         "profile",
         "model",
+        "engine",
         "precision",
         "TP x PP",
         "max context",
@@ -170,6 +223,7 @@ def _print_plans(plans: list[Plan]) -> None:
             p.host or "-",
             p.profile.label,
             p.model.name,
+            p.engine.value,
             p.precision.value if p.precision else "-",
             f"{p.tp} x {p.pp}" if p.fits else "-",
             str(p.max_context) if p.fits else "-",
@@ -184,10 +238,22 @@ def _print_plans(plans: list[Plan]) -> None:
             console.print(f"  - {reason}", highlight=False)
         if p.suggestion and not p.fits:
             console.print(f"  [bold]would fit:[/] {p.suggestion}", highlight=False)
+        vllm = _vllm_preview(p)
+        if vllm:
+            env = [f"{k}={v}" for k, v in vllm["env"].items()]
+            command = shlex.join(["env", *env, "python", "-m", vllm["module"], *vllm["argv"]])
+            console.print(f"  [bold]vllm:[/] {command}", highlight=False, soft_wrap=True)
+            if vllm["checkpoint"]["problem"]:
+                console.print(f"  [bold]checkpoint:[/] {vllm['checkpoint']['problem']}", highlight=False)
 
 
 def _list_profiles(
-    overrides: dict[str, Any], hardware: str | None, goal: Goal | None, max_context: int | None, as_json: bool
+    overrides: dict[str, Any],
+    hardware: str | None,
+    goal: Goal | None,
+    max_context: int | None,
+    engine: Engine,
+    as_json: bool,
 ) -> None:
     if not (overrides["model"] or overrides["model_dir"]):
         fail("--list-profiles needs --model M or --model-dir DIR")
@@ -198,7 +264,7 @@ def _list_profiles(
         fail(_cli_words(str(exc)))
     rows: list[tuple[HardwareProfile, Candidate]] = []
     for profile in profiles:
-        req = PlanRequest(spec, profile, goal or Goal.THROUGHPUT, max_context)
+        req = PlanRequest(spec, profile, goal or Goal.THROUGHPUT, max_context, engine=engine)
         rows += [(profile, c) for c in candidates(req)]
     if as_json:
         payload = [{"hardware": p.name, **c.to_dict()} for p, c in rows]

@@ -35,7 +35,7 @@ def _check_model(model: ModelConfig) -> None:
     """The daemon's own pre-listen checks, plus what it would otherwise find only while loading (in a
     child process, after the server has started): config sizes, tokenizer JSON, safetensors headers."""
     from deepseek_node.daemon.config import ConfigError
-    from deepseek_node.daemon.loading import check_model_dir
+    from deepseek_node.daemon.engines.builtin.loading import check_model_dir
 
     try:
         data = check_model_dir(model)
@@ -161,8 +161,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     ) -> None:
         """Serve a model over the OpenAI-compatible API in the foreground (Ctrl-C drains and stops)."""
-        from deepseek_node.daemon.auth import generate_key, hash_key
         from deepseek_node.daemon.config import ConfigError, parse_config
+        from deepseek_node.daemon.gateway.auth import generate_key, hash_key
 
         if not model_dir.is_dir():
             fail(

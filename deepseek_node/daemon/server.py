@@ -97,8 +97,8 @@ def setup_logging(level: str = "INFO") -> None:
 
 def run(config: DaemonConfig, *, log_level: str = "INFO") -> int:
     """Serve until a signal or a fatal engine error; the process exit code."""
-    from deepseek_node.daemon.api import create_app, wrap
     from deepseek_node.daemon.config import ConfigError
+    from deepseek_node.daemon.gateway.api import create_app, wrap
     from deepseek_node.daemon.runtime import build_state, prepare
 
     setup_logging(log_level)

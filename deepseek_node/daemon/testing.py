@@ -89,7 +89,7 @@ class LineSink:
 
 class ThreadedDaemon:
     def __init__(self, config: DaemonConfig, audit_stream: Any = None, gpu_metrics: bool = True) -> None:
-        from deepseek_node.daemon.api import create_app, wrap
+        from deepseek_node.daemon.gateway.api import create_app, wrap
         from deepseek_node.daemon.runtime import build_state, prepare
         from deepseek_node.daemon.server import make_server
 

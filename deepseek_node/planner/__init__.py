@@ -1,10 +1,12 @@
 """The serving planner: which precision, parallelism, context and concurrency a DeepSeek model gets on a box.
 
 Pure functions over two catalogs (hardware profiles, DeepSeek models) and any local `config.json`. The CLI
-(`provision plan`) and the Ansible filter (`deepseek_plan`) are thin surfaces over `plan()`.
+(`provision plan`) and the Ansible filter (`deepseek_plan`) are thin surfaces over `plan()`; `engine_args`
+turns a plan into vLLM's command line and environment (the `deepseek_vllm_args` filter's answer).
 """
 
-from deepseek_node.planner.enums import AttentionKind, Device, Fit, Goal, Interconnect, Precision
+from deepseek_node.planner.engines import EngineUnavailableError, choose_engine
+from deepseek_node.planner.enums import AttentionKind, Device, Engine, Fit, Goal, Interconnect, Precision
 from deepseek_node.planner.hardware import CATALOG as HARDWARE_PROFILES
 from deepseek_node.planner.hardware import HardwareProfile, apply_overrides, resolve_profile
 from deepseek_node.planner.memory import MemoryEstimate, Workload, estimate
@@ -28,6 +30,8 @@ __all__ = [
     "AttentionKind",
     "Candidate",
     "Device",
+    "Engine",
+    "EngineUnavailableError",
     "Fit",
     "Goal",
     "HardwareProfile",
@@ -43,6 +47,7 @@ __all__ = [
     "Workload",
     "apply_overrides",
     "candidates",
+    "choose_engine",
     "estimate",
     "load_model_dir",
     "plan",

@@ -68,3 +68,16 @@ class AttentionKind(StrEnum):
 class Device(StrEnum):
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class Engine(StrEnum):
+    """What runs the model behind the daemon's gateway. AUTO is a request, never a decision."""
+
+    AUTO = "auto"  # vLLM wherever a vLLM build runs, else the builtin engine
+    VLLM = "vllm"  # vLLM's OpenAI server: true tensor parallelism, paged KV cache
+    BUILTIN = "builtin"  # transformers in the daemon: accelerate splits layers across GPUs
+
+    @property
+    def backend(self) -> str:
+        """The serving library, as NIM-style profile names spell it (`vllm-fp8-tp8-pp1`)."""
+        return "transformers" if self is Engine.BUILTIN else self.value

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deepseek_node.planner.enums import Goal, Precision
+from deepseek_node.planner.enums import Engine, Goal, Precision
 from deepseek_node.planner.hardware import HardwareProfile
 from deepseek_node.planner.models import ModelSpec
 
@@ -79,9 +79,10 @@ def precision_ladder(model: ModelSpec, profile: HardwareProfile) -> list[Rung]:
     return unique
 
 
-def valid_tp(model: ModelSpec, profile: HardwareProfile) -> list[int]:
-    """TP degrees that stay in one NVLink domain, tile the box's domains and divide the attention heads."""
-    if profile.is_cpu_only:
+def valid_tp(model: ModelSpec, profile: HardwareProfile, engine: Engine = Engine.VLLM) -> list[int]:
+    """TP degrees that stay in one NVLink domain, tile the box's domains and divide the attention heads.
+    The builtin engine has no tensor parallelism (accelerate splits layers), so it spreads by stages only."""
+    if profile.is_cpu_only or engine is Engine.BUILTIN:
         return [1]
     domain = max(1, profile.nvlink_domain)
     return [t for t in range(1, domain + 1) if domain % t == 0 and model.heads % t == 0]

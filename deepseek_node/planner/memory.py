@@ -6,10 +6,18 @@
   + framework overhead (CUDA context, communication buffers, the Python runtime)
   must stay under the device's memory less a safety margin.
 
-It describes the project's engine, transformers >= 5 on PyTorch: MLA caches the compressed latent, but
-attention decompresses K and V of every attended token one layer at a time, and on the CPU PyTorch has no
-fused kernel for MLA's unequal key/value head sizes, so it materialises the attention scores. The constants
-below were measured with `benchmarks/planner_memory.py`; each says why it has its value.
+The two engines place a model differently, and the per-device terms follow what each one does:
+* vLLM (the default where it runs) is true tensor parallelism: weights, KV heads, attention heads, expert
+  widths and the vocabulary are split across the TP ranks, which all compute every step; it stores an fp8
+  plan's KV cache in fp8 (`engine_args` passes `--kv-cache-dtype fp8` by the same rule, `kv_cache_bytes`).
+* The builtin engine (transformers with accelerate's `device_map="auto"`) splits layers, not tensors: each
+  GPU holds a share of the layers and their KV cache, one GPU computes at a time, and that GPU holds the
+  whole step's activations. Its "tp x pp" GPUs are, for memory, tp*pp pipeline stages (`engine_layout`).
+
+The activation terms describe transformers >= 5 on PyTorch, and stay an upper bound for vLLM: MLA caches the
+compressed latent, but attention decompresses K and V of every attended token one layer at a time, and on
+the CPU PyTorch has no fused kernel for MLA's unequal key/value head sizes, so it materialises the attention
+scores. The constants below were measured with `benchmarks/planner_memory.py`; each says why it has its value.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from deepseek_node.planner.enums import AttentionKind, Device, Precision
+from deepseek_node.planner.enums import AttentionKind, Device, Engine, Precision
 from deepseek_node.planner.hardware import HardwareProfile
 from deepseek_node.planner.models import ModelSpec
 
@@ -122,6 +130,20 @@ def compute_bytes(precision: Precision) -> int:
     return 4 if precision is Precision.FP32 else 2
 
 
+def kv_cache_bytes(precision: Precision, engine: Engine = Engine.VLLM) -> int:
+    """Bytes per cached KV element. vLLM keeps an fp8 plan's cache in fp8: such a plan only exists on GPUs
+    with fp8 tensor cores, and halving the cache doubles the sequences it holds. Otherwise as activations."""
+    if engine is Engine.VLLM and precision is Precision.FP8:
+        return 1
+    return compute_bytes(precision)
+
+
+def engine_layout(engine: Engine, tp: int, pp: int) -> tuple[int, int]:
+    """(tp, pp) as memory sees it: the builtin engine's GPUs each hold a share of the layers (accelerate's
+    device_map), whatever the plan calls them, so tp x pp GPUs are tp*pp stages with no tensor split."""
+    return (1, tp * pp) if engine is Engine.BUILTIN else (tp, pp)
+
+
 def _unquantized_bytes(precision: Precision) -> int:
     return 4 if precision is Precision.FP32 else 2
 
@@ -146,9 +168,12 @@ def _largest_layer_bytes(model: ModelSpec, precision: Precision) -> float:
     return (attention + mlp) * LINEAR_BYTES[precision] + other * _unquantized_bytes(precision)
 
 
-def device_weight_bytes(model: ModelSpec, precision: Precision, tp: int, pp: int) -> int:
+def device_weight_bytes(
+    model: ModelSpec, precision: Precision, tp: int, pp: int, engine: Engine = Engine.VLLM
+) -> int:
     """Weights on the most loaded GPU: the first stage holds the embedding, the last the output head, and
     tensor parallelism splits everything (the vocabulary too) across its ranks."""
+    tp, pp = engine_layout(engine, tp, pp)
     if pp == 1:
         return math.ceil(weight_bytes(model, precision) / tp)
     p = model.params
@@ -157,8 +182,11 @@ def device_weight_bytes(model: ModelSpec, precision: Precision, tp: int, pp: int
     return math.ceil((layers + ends) / tp)
 
 
-def kv_bytes_per_token(model: ModelSpec, precision: Precision, tp: int, pp: int) -> int:
+def kv_bytes_per_token(
+    model: ModelSpec, precision: Precision, tp: int, pp: int, engine: Engine = Engine.VLLM
+) -> int:
     """KV cache per context token on one device."""
+    tp, pp = engine_layout(engine, tp, pp)
     layers = math.ceil(model.layers / pp)
     if model.attention is AttentionKind.MLA:
         # The latent is shared by all heads, so every tensor-parallel rank keeps all of it.
@@ -166,7 +194,7 @@ def kv_bytes_per_token(model: ModelSpec, precision: Precision, tp: int, pp: int)
     else:
         # KV heads split across ranks; with fewer KV heads than ranks each rank keeps a copy of one.
         per_layer = 2 * math.ceil(model.kv_heads / tp) * model.head_dim
-    return layers * per_layer * compute_bytes(precision)
+    return layers * per_layer * kv_cache_bytes(precision, engine)
 
 
 def scores_materialized(model: ModelSpec, device: Device) -> bool:
@@ -174,12 +202,22 @@ def scores_materialized(model: ModelSpec, device: Device) -> bool:
     return device is Device.CPU and model.attention is AttentionKind.MLA
 
 
-def activation_bytes(model: ModelSpec, precision: Precision, tp: int, work: Workload, device: Device) -> int:
+def activation_bytes(
+    model: ModelSpec,
+    precision: Precision,
+    tp: int,
+    work: Workload,
+    device: Device,
+    engine: Engine = Engine.VLLM,
+) -> int:
     """Transient memory of the largest step, one layer at a time (earlier layers' temporaries are freed).
 
     The residual stream (input, residual, normalised input, block output) lives across the layer; then
-    the attention block or the MLP block, whichever is larger; then the last-token logits in fp32.
+    the attention block or the MLP block, whichever is larger; then the last-token logits in fp32. vLLM's
+    ranks each compute their share of the heads, expert widths and vocabulary; the builtin engine computes
+    a whole layer on whichever GPU holds it, so nothing is divided by tp there.
     """
+    tp, _ = engine_layout(engine, tp, 1)
     cb = compute_bytes(precision)
     t = work.step_tokens
     h = model.hidden_size
@@ -212,10 +250,12 @@ def activation_bytes(model: ModelSpec, precision: Precision, tp: int, work: Work
     return int((residual + logits) * factor + block) + slack
 
 
-def overhead_bytes(profile: HardwareProfile, tp: int, pp: int) -> int:
+def overhead_bytes(profile: HardwareProfile, tp: int, pp: int, engine: Engine = Engine.VLLM) -> int:
     if profile.is_cpu_only:
         return CPU_RUNTIME_BYTES
-    return GPU_CONTEXT_BYTES + (GPU_COMM_BYTES if tp * pp > 1 else 0)
+    # The builtin engine is one process moving activations between GPUs itself: no NCCL buffers.
+    talks = tp * pp > 1 and engine is not Engine.BUILTIN
+    return GPU_CONTEXT_BYTES + (GPU_COMM_BYTES if talks else 0)
 
 
 def usable_bytes(profile: HardwareProfile) -> int:
@@ -230,15 +270,21 @@ def device_of(profile: HardwareProfile) -> Device:
 
 
 def estimate(
-    model: ModelSpec, profile: HardwareProfile, precision: Precision, tp: int, pp: int, work: Workload
+    model: ModelSpec,
+    profile: HardwareProfile,
+    precision: Precision,
+    tp: int,
+    pp: int,
+    work: Workload,
+    engine: Engine = Engine.VLLM,
 ) -> MemoryEstimate:
-    """Memory of the most loaded device for `work` under this layout."""
+    """Memory of the most loaded device for `work` under this layout, as `engine` places it."""
     device = device_of(profile)
     return MemoryEstimate(
-        weights=device_weight_bytes(model, precision, tp, pp),
-        kv_cache=kv_bytes_per_token(model, precision, tp, pp) * work.context * work.sequences,
-        activations=activation_bytes(model, precision, tp, work, device),
-        overhead=overhead_bytes(profile, tp, pp),
+        weights=device_weight_bytes(model, precision, tp, pp, engine),
+        kv_cache=kv_bytes_per_token(model, precision, tp, pp, engine) * work.context * work.sequences,
+        activations=activation_bytes(model, precision, tp, work, device, engine),
+        overhead=overhead_bytes(profile, tp, pp, engine),
         capacity=int(profile.device_memory_gib * GIB),
         usable=usable_bytes(profile),
     )
@@ -252,8 +298,9 @@ def serving_estimate(
     pp: int,
     context: int,
     sequences: int,
+    engine: Engine = Engine.VLLM,
 ) -> MemoryEstimate:
-    return estimate(model, profile, precision, tp, pp, Workload.serving(context, sequences))
+    return estimate(model, profile, precision, tp, pp, Workload.serving(context, sequences), engine)
 
 
 def _largest(lo: int, hi: int, ok: Any) -> int:
@@ -270,12 +317,19 @@ def _largest(lo: int, hi: int, ok: Any) -> int:
 
 
 def max_sequences(
-    model: ModelSpec, profile: HardwareProfile, precision: Precision, tp: int, pp: int, context: int, cap: int
+    model: ModelSpec,
+    profile: HardwareProfile,
+    precision: Precision,
+    tp: int,
+    pp: int,
+    context: int,
+    cap: int,
+    engine: Engine = Engine.VLLM,
 ) -> int:
     """How many sequences of `context` tokens fit at once (0: not even one)."""
 
     def ok(n: int) -> bool:
-        return serving_estimate(model, profile, precision, tp, pp, context, n).fits
+        return serving_estimate(model, profile, precision, tp, pp, context, n, engine).fits
 
     return max(0, _largest(1, cap, ok))
 
@@ -288,18 +342,25 @@ def max_context(
     pp: int,
     limit: int,
     step: int = 256,
+    engine: Engine = Engine.VLLM,
 ) -> int:
     """The longest context one sequence can have, in multiples of `step` (0: not even `step` tokens)."""
 
     def ok(n: int) -> bool:
-        return serving_estimate(model, profile, precision, tp, pp, n * step, 1).fits
+        return serving_estimate(model, profile, precision, tp, pp, n * step, 1, engine).fits
 
     if limit < step:
-        return limit if ok_exact(model, profile, precision, tp, pp, limit) else 0
+        return limit if ok_exact(model, profile, precision, tp, pp, limit, engine) else 0
     return max(0, _largest(1, limit // step, ok)) * step
 
 
 def ok_exact(
-    model: ModelSpec, profile: HardwareProfile, precision: Precision, tp: int, pp: int, context: int
+    model: ModelSpec,
+    profile: HardwareProfile,
+    precision: Precision,
+    tp: int,
+    pp: int,
+    context: int,
+    engine: Engine = Engine.VLLM,
 ) -> bool:
-    return serving_estimate(model, profile, precision, tp, pp, context, 1).fits
+    return serving_estimate(model, profile, precision, tp, pp, context, 1, engine).fits

@@ -52,6 +52,9 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     notes: tuple[str, ...] = ()
+    # config.json's quantization_config.quant_method (None: not quantized): the published or local
+    # checkpoint's own format, which decides whether vLLM needs a --quantization flag.
+    quant_method: str | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -93,6 +96,7 @@ class ModelSpec:
             "vocab_size": self.vocab_size,
             "max_context": self.max_context,
             "native_precision": self.native_precision.value,
+            "quant_method": self.quant_method,
             "routed_experts": self.routed_experts,
             "params_b": round(p.total / 1e9, 3),
             "active_params_b": round(p.active / 1e9, 3),
@@ -149,6 +153,12 @@ def count_params(m: ModelSpec) -> ParamCount:
     return ParamCount(embedding, lm_head, m.layers * attn, mlp, other, active)
 
 
+def _quant_method(config: Mapping[str, Any]) -> str | None:
+    quant = config.get("quantization_config") or {}
+    method = str(quant.get("quant_method", "") if isinstance(quant, Mapping) else "").strip().lower()
+    return method or None
+
+
 def _native_precision(config: Mapping[str, Any]) -> Precision:
     quant = config.get("quantization_config") or {}
     method = str(quant.get("quant_method", "")).lower()
@@ -201,6 +211,7 @@ def spec_from_config(config: Mapping[str, Any], name: str, source: str) -> Model
         vocab_size=int(config["vocab_size"]),
         max_context=int(config.get("max_position_embeddings") or 4096),
         native_precision=_native_precision(config),
+        quant_method=_quant_method(config),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         # Qwen2 always has q/k/v biases; Llama-style configs say so explicitly.
         attention_bias=bool(config.get("attention_bias", model_type == "qwen2")),

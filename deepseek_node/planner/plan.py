@@ -1,6 +1,8 @@
 """The decision: precision, TP x PP, context and concurrency for one model on one box, with its reasons.
 
 Order of decisions:
+0. The engine (`engines.choose_engine`): vLLM where a vLLM build runs, else the builtin engine; memory is
+   sized for how that engine places the model.
 1. The required context: the operator's `deepseek_max_context`, else 32768 tokens (DeepSeek evaluates R1
    with 32,768-token generations), never more than the model's own limit.
 2. For each precision on the ladder (native first, see `layout.precision_ladder`) the best layout for the
@@ -26,7 +28,7 @@ from deepseek_node.planner.candidates import (
     candidates,
     choose,
 )
-from deepseek_node.planner.enums import Device, Fit, Goal, Precision
+from deepseek_node.planner.enums import Device, Engine, Fit, Goal, Precision
 from deepseek_node.planner.hardware import HardwareProfile
 from deepseek_node.planner.memory import GIB, MemoryEstimate
 from deepseek_node.planner.models import ModelSpec
@@ -64,6 +66,8 @@ class Plan:
     reasons: tuple[str, ...]
     suggestion: str | None = None
     candidates: tuple[Candidate, ...] = field(default=(), repr=False)
+    engine: Engine = Engine.VLLM
+    engine_reason: str = ""
 
     @property
     def fits(self) -> bool:
@@ -77,6 +81,11 @@ class Plan:
     def expected_gpu_memory_gib(self) -> float:
         """Expected use of one GPU (host RAM on CPU-only nodes), without the safety margin."""
         return round(self.memory.total / GIB, 2) if self.memory else 0.0
+
+    @property
+    def dtype(self) -> str:
+        """The torch dtype computations run in ("none" quantization aside): what vLLM's --dtype takes."""
+        return self._dtype_and_quantization()[0]
 
     def _dtype_and_quantization(self) -> tuple[str, str]:
         p = self.precision
@@ -135,6 +144,8 @@ class Plan:
             "model": self.model.to_dict(),
             "profile": self.profile.to_dict(),
             "goal": self.goal.value,
+            "engine": self.engine.value,
+            "engine_reason": self.engine_reason,
             "fit": self.fit.value,
             "precision": self.precision.value if self.precision else None,
             "tp": self.tp,
@@ -154,15 +165,16 @@ def plan(req: PlanRequest, suggest: bool = True) -> Plan:
     # What would fit asks plan() about other boxes; imported here because it builds on this module.
     from deepseek_node.planner.suggest import smallest_change
 
+    engine, engine_reason = req.engine_choice
     cands = candidates(req)
     chosen = choose(cands)
-    why = [*reasons.context_reasons(req), reasons.hardware_reason(req.profile)]
+    why = [*reasons.context_reasons(req), reasons.hardware_reason(req.profile), f"engine {engine_reason}"]
     if chosen is None:
         why += [f"{c.precision.value}: {c.why}" for c in cands]
         suggestion = smallest_change(req) if suggest else None
         return Plan(
             req.host, req.model, req.profile, req.goal, Fit.INCOMPATIBLE, None, 0, 0, 0, 0, None,
-            tuple(why), suggestion, tuple(cands),
+            tuple(why), suggestion, tuple(cands), engine, engine_reason,
         )  # fmt: skip
     why += reasons.precision_reasons(req, cands, chosen)
     why.append(reasons.layout_reason(req, chosen))
@@ -175,4 +187,5 @@ def plan(req: PlanRequest, suggest: bool = True) -> Plan:
     return Plan(
         req.host, req.model, req.profile, req.goal, chosen.fit, chosen.precision, chosen.tp, chosen.pp,
         chosen.max_context, chosen.max_running, chosen.memory, tuple(why), suggestion, tuple(cands),
+        engine, engine_reason,
     )  # fmt: skip

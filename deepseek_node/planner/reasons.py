@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deepseek_node.planner import memory
 from deepseek_node.planner.candidates import Candidate, PlanRequest, gib_text
-from deepseek_node.planner.enums import Goal, Interconnect
+from deepseek_node.planner.enums import Engine, Goal, Interconnect
 from deepseek_node.planner.hardware import HardwareProfile
 from deepseek_node.planner.layout import precision_ladder
 
@@ -70,7 +70,9 @@ def layout_reason(req: PlanRequest, c: Candidate) -> str:
     if p.is_cpu_only:
         return "tp1 pp1: one process on the CPU"
     parts = []
-    if c.tp > 1:
+    if c.engine is Engine.BUILTIN and p.gpu_count > 1:
+        parts.append("tp1: the builtin engine has no tensor parallelism (accelerate splits layers)")
+    elif c.tp > 1:
         parts.append(f"tp{c.tp} inside one {'NVSwitch' if p.interconnect is Interconnect.NVSWITCH else 'NVLink'} "
                      f"domain (divides the {m.heads} attention heads)")  # fmt: skip
     elif p.gpu_count > 1 and p.nvlink_domain <= 1:
@@ -99,7 +101,7 @@ def layout_reason(req: PlanRequest, c: Candidate) -> str:
 def memory_reasons(req: PlanRequest, c: Candidate) -> list[str]:
     est = c.memory
     assert est is not None
-    per_token = memory.kv_bytes_per_token(req.model, c.precision, c.tp, c.pp)
+    per_token = memory.kv_bytes_per_token(req.model, c.precision, c.tp, c.pp, c.engine)
     where = "host RAM" if req.profile.is_cpu_only else "per GPU"
     reasons = [
         f"memory {where}: weights {gib_text(est.weights)} + KV cache {gib_text(est.kv_cache)} ({c.max_running} x "

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from deepseek_node.daemon.audit import redact as redact_text
+from deepseek_node.daemon.gateway.audit import redact as redact_text
 from deepseek_node.daemon.testing import ThreadedDaemon, config_for
 from tests.daemon.conftest import KEY, tls_context
 
@@ -369,7 +369,7 @@ def test_metrics_exposition(daemon: ThreadedDaemon, http: httpx.Client) -> None:
         'deepseek_node:request_success_total{finished_reason="length"',
     ]:
         assert name in text, name
-    from deepseek_node.daemon.metrics import NvmlCollector
+    from deepseek_node.daemon.gateway.metrics import NvmlCollector
 
     # GPU series come from NVML when it answers, and are absent (not faked as zeros) when it does not.
     assert ("deepseek_node:gpu_memory_used_bytes" in text) == NvmlCollector().available

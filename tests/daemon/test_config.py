@@ -15,7 +15,7 @@ from deepseek_node.daemon.config import (
     load_config,
     parse_config,
 )
-from deepseek_node.daemon.loading import GpuInfo, plan_load
+from deepseek_node.daemon.engines.builtin.loading import GpuInfo, plan_load
 
 ROLE_YAML = """\
 model:

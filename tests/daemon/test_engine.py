@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from deepseek_node.daemon.engine import BatchingEngine, QueueFull, SamplingParams
-from deepseek_node.daemon.runtime import build_engine, prepare
+from deepseek_node.daemon.engines.builtin.assemble import build_engine
+from deepseek_node.daemon.engines.builtin.engine import BatchingEngine, QueueFull, SamplingParams
+from deepseek_node.daemon.runtime import prepare
 from deepseek_node.daemon.testing import config_for
 
 PROMPTS = [
@@ -157,7 +158,7 @@ def test_backend_choice(tiny_model_dir: Path, tiny_llama_dir: Path) -> None:
     """auto: the step engine on CPU; transformers' manager only where its probe passes (not for MLA)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deepseek_node.daemon.runtime import _probe_cb, choose_backend
+    from deepseek_node.daemon.engines.builtin.load import _probe_cb, choose_backend
 
     for model_dir, cb_ok in ((tiny_model_dir, False), (tiny_llama_dir, True)):
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)

@@ -19,7 +19,7 @@ import pytest
 
 from deepseek_node.daemon.config import ConfigError
 from deepseek_node.daemon.engines.vllm import engine_series
-from deepseek_node.daemon.relay import BadBody, SseAudit, parse_relay_body
+from deepseek_node.daemon.gateway.relay import BadBody, SseAudit, parse_relay_body
 from deepseek_node.daemon.testing import ThreadedDaemon, config_for
 from tests.daemon.fake_engine import METRICS, FakeEngine
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepseek_node.daemon.audit import AuditLog, redact
-from deepseek_node.daemon.auth import KeyStore, generate_key, hash_key
 from deepseek_node.daemon.config import AuditConfig, AuthConfig, Scope
-from deepseek_node.daemon.detok import IncrementalDetokenizer, StopMatcher
-from deepseek_node.daemon.sampling import GREEDY, apply_top_p, sample, step_seed
+from deepseek_node.daemon.engines.builtin.detok import IncrementalDetokenizer, StopMatcher
+from deepseek_node.daemon.engines.builtin.sampling import GREEDY, apply_top_p, sample, step_seed
+from deepseek_node.daemon.gateway.audit import AuditLog, redact
+from deepseek_node.daemon.gateway.auth import KeyStore, generate_key, hash_key
 
 
 def test_keys_are_stored_as_hashes_and_carry_scopes() -> None:

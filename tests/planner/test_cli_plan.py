@@ -138,9 +138,9 @@ def test_list_profiles_like_nim() -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     rows = {(c["hardware"], c["name"]): c["fit"] for c in data["candidates"]}
-    assert rows[("h200-sxm-141g-x8", "transformers-fp8-tp8-pp1")] == "compatible"
-    assert rows[("h100-sxm-80g-x8", "transformers-fp8-tp8-pp1")] == "incompatible"
-    assert rows[("h100-sxm-80g-x8", "transformers-int4-tp8-pp1")] == "compatible"
+    assert rows[("h200-sxm-141g-x8", "vllm-fp8-tp8-pp1")] == "compatible"
+    assert rows[("h100-sxm-80g-x8", "vllm-fp8-tp8-pp1")] == "incompatible"
+    assert rows[("h100-sxm-80g-x8", "vllm-int4-tp8-pp1")] == "compatible"
     assert data["model"]["name"] == "deepseek-r1" and len(data["candidates"]) > 100
 
 
@@ -148,7 +148,7 @@ def test_list_profiles_table_for_one_box() -> None:
     result = _run("--list-profiles", "--model", "deepseek-r1-distill-qwen-14b", "--hardware", "t4-16g-x1")
     assert result.exit_code == 0, result.output
     assert "Compatible but low memory" in result.stdout and "Incompatible" in result.stdout
-    assert "transformers-int4-tp1-pp1" in result.stdout
+    assert "vllm-int4-tp1-pp1" in result.stdout
 
 
 @pytest.mark.parametrize("option, key", [("--list-hardware", "gpu_count"), ("--list-models", "params_b")])
@@ -156,3 +156,51 @@ def test_catalog_listings(option: str, key: str) -> None:
     result = _run(option, "--json")
     assert result.exit_code == 0 and all(key in row for row in json.loads(result.stdout))
     assert _run(option).exit_code == 0
+
+
+def test_example_inventory_shows_engine_and_vllm_command_line() -> None:
+    result = _run("-i", str(EXAMPLE), "--json")
+    assert result.exit_code == 0, result.output
+    plans = {p["host"]: p for p in json.loads(result.stdout)}
+    assert {p["engine"] for p in plans.values()} == {"vllm"}
+    r1 = plans["ds-h200-01"]["vllm"]
+    assert r1["module"] == "vllm.entrypoints.openai.api_server"
+    argv = r1["argv"]
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "8" and "--quantization" not in argv
+    assert r1["checkpoint"]["problem"] is None and r1["checkpoint"]["formats"][0] == "fp8"
+    edge = plans["ds-edge-01"]["vllm"]
+    assert "--gpu-memory-utilization" not in edge["argv"] and "VLLM_CPU_KVCACHE_SPACE" in edge["env"]
+    table = _run("-i", str(EXAMPLE))
+    assert "vllm: env HF_HUB_OFFLINE=1" in table.stdout
+    assert "python -m vllm.entrypoints.openai.api_server --model" in table.stdout
+
+
+def test_what_if_names_the_checkpoint_a_plan_needs() -> None:
+    result = _run("--hardware", "h100-sxm-80g-x8", "--model", "deepseek-v3", "--json")
+    assert result.exit_code == 0, result.output
+    vllm = json.loads(result.stdout)[0]["vllm"]
+    assert vllm["checkpoint"]["formats"] == ["awq", "gptq", "compressed-tensors"]
+    assert "the checkpoint is fp8" in vllm["checkpoint"]["problem"]
+    assert "checkpoint:" in _run("--hardware", "h100-sxm-80g-x8", "--model", "deepseek-v3").stdout
+
+
+def test_engine_option(tmp_path: Path) -> None:
+    result = _run("--hardware", "h100-sxm-80g-x8", "--model", "deepseek-v3", "--engine", "builtin", "--json")
+    assert result.exit_code == 0, result.output
+    p = json.loads(result.stdout)[0]
+    assert (p["engine"], p["tp"], p["vllm"]) == ("builtin", 1, None)
+    old = _write_inventory(
+        tmp_path / "inv",
+        "all:\n  children:\n    inference_nodes:\n      hosts:\n        p100-1:\n",
+        {
+            "group_vars/inference_nodes.yml": "deepseek_hardware_profile: t4-16g-x1\n"
+            "deepseek_hardware_overrides: {compute_capability: '6.0'}\n"
+            "deepseek_model: deepseek-r1-distill-qwen-1.5b\n"
+        },
+    )
+    result = _run("-i", str(old), "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)[0]["engine"] == "builtin"
+    result = _run("-i", str(old), "--engine", "vllm")
+    assert (
+        result.exit_code == 2 and "--engine: vllm was requested, but compute capability 6.0" in result.stderr
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepseek_node.planner import HARDWARE_PROFILES, MODELS, Device, Precision, Workload, estimate
+from deepseek_node.planner import HARDWARE_PROFILES, MODELS, Device, Engine, Precision, Workload, estimate
 from deepseek_node.planner import memory as mem
 from deepseek_node.planner.memory import GIB
 
@@ -53,7 +53,9 @@ def test_pipeline_stage_holds_its_layers_and_an_end() -> None:
 
 def test_mla_latent_is_replicated_across_tensor_parallel_ranks() -> None:
     assert mem.kv_bytes_per_token(V3, Precision.FP8, 8, 1) == mem.kv_bytes_per_token(V3, Precision.FP8, 1, 1)
-    assert mem.kv_bytes_per_token(V3, Precision.FP8, 1, 1) == 61 * 576 * 2
+    # vLLM stores an fp8 plan's cache in fp8 (--kv-cache-dtype fp8); the builtin engine keeps it 16-bit.
+    assert mem.kv_bytes_per_token(V3, Precision.FP8, 1, 1) == 61 * 576
+    assert mem.kv_bytes_per_token(V3, Precision.FP8, 1, 1, Engine.BUILTIN) == 61 * 576 * 2
 
 
 def test_gqa_heads_split_across_ranks_and_replicate_past_them() -> None:

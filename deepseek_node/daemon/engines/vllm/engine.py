@@ -24,16 +24,12 @@ from pathlib import Path
 import httpx
 
 from deepseek_node.daemon.config import DaemonConfig, VllmConfig
-from deepseek_node.daemon.engine import EngineState, EngineStats
+from deepseek_node.daemon.engines.interface import EngineState, EngineStats, EngineUnavailable, RelayEngine
 from deepseek_node.daemon.engines.vllm.process import VllmProcess, free_loopback_port
 
 __all__ = ["EngineUnavailable", "VllmEngine", "engine_series"]
 
 log = logging.getLogger("deepseek_node.engine.vllm")
-
-
-class EngineUnavailable(Exception):
-    """The engine did not take the request (connection refused or reset): a 503 for the client."""
 
 
 def engine_series(exposition: bytes) -> bytes:
@@ -59,9 +55,7 @@ def _read_key(path: Path) -> str:
     return key
 
 
-class VllmEngine:
-    relay = True  # the gateway relays OpenAI requests instead of tokenizing them itself
-
+class VllmEngine(RelayEngine):
     def __init__(self, config: DaemonConfig, on_fatal: Callable[[str], None] | None = None) -> None:
         assert config.vllm is not None
         self.cfg: VllmConfig = config.vllm

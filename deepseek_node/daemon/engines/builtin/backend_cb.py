@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
-from deepseek_node.daemon.engine import Backend, BackendSequence, Sink, TokenUpdate
-from deepseek_node.daemon.sampling import GREEDY, apply_top_p, choose, step_seed
+from deepseek_node.daemon.engines.builtin.engine import Backend, BackendSequence, Sink, TokenUpdate
+from deepseek_node.daemon.engines.builtin.sampling import GREEDY, apply_top_p, choose, step_seed
 
 __all__ = ["ContinuousBatchingBackend"]
 
-log = logging.getLogger("deepseek_node.daemon.engine_cb")
+log = logging.getLogger("deepseek_node.daemon.engines.builtin.backend_cb")
 
 _T, _P, _S = "dsn_temperature", "dsn_top_p", "dsn_seed"
 

@@ -16,11 +16,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from deepseek_node.daemon.engine import EngineStats, Observer
+from deepseek_node.daemon.engines.interface import EngineStats, Observer
 
 __all__ = ["CONTENT_TYPE", "Metrics", "NvmlCollector"]
 
-log = logging.getLogger("deepseek_node.daemon.metrics")
+log = logging.getLogger("deepseek_node.daemon.gateway.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 P = "deepseek_node:"

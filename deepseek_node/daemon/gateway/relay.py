@@ -19,7 +19,7 @@ from fastapi.responses import Response, StreamingResponse
 
 __all__ = ["SseAudit", "parse_relay_body", "relay_response"]
 
-log = logging.getLogger("deepseek_node.daemon.relay")
+log = logging.getLogger("deepseek_node.daemon.gateway.relay")
 
 # Response headers worth passing on; hop-by-hop and framing headers are the gateway's own.
 _PASS_HEADERS = ("content-type",)

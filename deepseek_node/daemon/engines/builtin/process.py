@@ -24,11 +24,11 @@ import threading
 import time
 from typing import Any
 
-from deepseek_node.daemon.engine import Backend, BackendSequence, Sink, TokenUpdate
+from deepseek_node.daemon.engines.builtin.engine import Backend, BackendSequence, Sink, TokenUpdate
 
 __all__ = ["ProcessBackend"]
 
-log = logging.getLogger("deepseek_node.daemon.engine_proc")
+log = logging.getLogger("deepseek_node.daemon.engines.builtin.process")
 
 _STATUS_EVERY_S = 0.5
 
@@ -42,7 +42,7 @@ def _child_main(conn: Any, config_data: dict[str, Any], plan: Any, log_level: in
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from deepseek_node.daemon.config import parse_config
-    from deepseek_node.daemon.runtime import load_local_backend
+    from deepseek_node.daemon.engines.builtin.load import load_local_backend
 
     send_lock = threading.Lock()
 

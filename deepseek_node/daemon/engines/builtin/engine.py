@@ -25,82 +25,31 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-from deepseek_node.daemon.detok import IncrementalDetokenizer, StopMatcher
+from deepseek_node.daemon.engines.builtin.detok import IncrementalDetokenizer, StopMatcher
+from deepseek_node.daemon.engines.interface import (
+    Draining,
+    EngineState,
+    EngineStats,
+    NotReady,
+    Observer,
+    QueueFull,
+    RequestHandle,
+    SamplingParams,
+    StreamEvent,
+    TokenEngine,
+)
 
 __all__ = [
     "Backend",
     "BackendSequence",
     "BatchingEngine",
-    "Draining",
-    "Engine",
-    "EngineState",
-    "EngineStats",
-    "NotReady",
-    "QueueFull",
-    "RequestHandle",
-    "SamplingParams",
-    "StreamEvent",
+    "Sink",
     "TokenUpdate",
 ]
 
-log = logging.getLogger("deepseek_node.daemon.engine")
-
-
-# ------------------------------------------------------------------------------------------ public types
-
-
-class EngineState(StrEnum):
-    LOADING = "loading"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-class QueueFull(Exception):
-    """Admission refused: the running batch and the waiting queue are both full (HTTP 429)."""
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__("the server is at capacity: retry later")
-        self.retry_after_s = retry_after_s
-
-
-class NotReady(Exception):
-    """The model is not loaded (yet, or any more) (HTTP 503)."""
-
-
-class Draining(NotReady):
-    """The daemon is shutting down and admits nothing new (HTTP 503)."""
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class StreamEvent:
-    """One step of a request's output: a text delta, and on the last event the finish reason."""
-
-    text: str
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
-    error: str | None = None
-
-
-@dataclass
-class EngineStats:
-    waiting: int
-    running: int
-    kv_cache_usage: float | None  # 0..1, None when the backend cannot tell
-    state: EngineState
-    backend: str | None
+log = logging.getLogger("deepseek_node.daemon.engines.builtin.engine")
 
 
 # --------------------------------------------------------------------------------------- backend contract
@@ -157,78 +106,7 @@ class Backend(ABC):
         return None
 
 
-# ------------------------------------------------------------------------------------------- engine API
-
-
-class RequestHandle(ABC):
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str | None
-
-    @abstractmethod
-    def __aiter__(self) -> AsyncIterator[StreamEvent]: ...
-
-    @abstractmethod
-    def cancel(self) -> None:
-        """The client went away: free its slot; no further events."""
-
-
-class Engine(ABC):
-    """What the API layer uses. Implementations: `BatchingEngine`; tests may supply their own."""
-
-    served_name: str
-    max_context: int
-    vocab_size: int
-
-    @property
-    @abstractmethod
-    def state(self) -> EngineState: ...
-
-    @property
-    def ready(self) -> bool:
-        return self.state is EngineState.READY
-
-    @abstractmethod
-    async def start(self) -> None:
-        """Begin loading; returns at once (readiness turns true when loading and warm-up succeeded)."""
-
-    @abstractmethod
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
-
-    @abstractmethod
-    def encode_text(self, text: str) -> list[int]: ...
-
-    @abstractmethod
-    def submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> RequestHandle:
-        """Admit a request or raise QueueFull / NotReady / Draining."""
-
-    @abstractmethod
-    def stats(self) -> EngineStats: ...
-
-    @abstractmethod
-    def begin_drain(self) -> None:
-        """Stop admitting; what was admitted still runs to completion."""
-
-    @abstractmethod
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until nothing is queued or running; False if the timeout passed first."""
-
-    @abstractmethod
-    async def shutdown(self) -> None:
-        """Stop the backend; anything still running is failed."""
-
-
 # --------------------------------------------------------------------------------------- batching engine
-
-
-class Observer:
-    """Hooks for metrics; the default does nothing (metrics.py supplies the Prometheus one)."""
-
-    def request_finished(self, handle: _Handle) -> None:
-        pass
-
-    def tokens(self, handle: _Handle, count: int, prev: float | None, now: float) -> None:
-        """`count` new tokens at `now`; `prev` is when the previous ones came (None for the first)."""
 
 
 @dataclass(eq=False)
@@ -299,7 +177,7 @@ class _Handle(RequestHandle):
         self.engine._cancel(self)
 
 
-class BatchingEngine(Engine):
+class BatchingEngine(TokenEngine):
     """Admission, detokenization, stop sequences and accounting over a token-level `Backend`.
 
     `loader` runs in a worker thread and returns (backend, tokenizer, info); keeping it a callable lets the

@@ -26,14 +26,14 @@ from typing import Any
 
 import torch
 
-from deepseek_node.daemon.engine import Backend, BackendSequence, Sink, TokenUpdate
-from deepseek_node.daemon.sampling import GREEDY, sample, step_seed
+from deepseek_node.daemon.engines.builtin.engine import Backend, BackendSequence, Sink, TokenUpdate
+from deepseek_node.daemon.engines.builtin.sampling import GREEDY, sample, step_seed
 
 __all__ = ["StepBackend"]
 
 _PREFILL_WAIT_STEPS = 3
 
-log = logging.getLogger("deepseek_node.daemon.engine_step")
+log = logging.getLogger("deepseek_node.daemon.engines.builtin.backend_step")
 
 
 @dataclass

@@ -32,7 +32,7 @@ from deepseek_node.daemon.config import ConfigError, Device, DType, ModelConfig,
 
 __all__ = ["GpuInfo", "LoadPlan", "check_model_dir", "load_model", "plan_load", "probe_gpus"]
 
-log = logging.getLogger("deepseek_node.daemon.loading")
+log = logging.getLogger("deepseek_node.daemon.engines.builtin.loading")
 
 
 @dataclass(frozen=True)

@@ -28,27 +28,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deepseek_node import __version__ as _pkg_version
-from deepseek_node.daemon import protocol as P
-from deepseek_node.daemon import relay as R
-from deepseek_node.daemon.admission import Admission, Lease, Refused
-from deepseek_node.daemon.audit import AuditLog
-from deepseek_node.daemon.auth import KeyStore, Principal
 from deepseek_node.daemon.config import DaemonConfig
 from deepseek_node.daemon.config import Scope as KeyScope
-from deepseek_node.daemon.engine import (
+from deepseek_node.daemon.engines.interface import (
     Draining,
     Engine,
     EngineState,
+    EngineUnavailable,
     NotReady,
     QueueFull,
+    RelayEngine,
     RequestHandle,
     SamplingParams,
 )
-from deepseek_node.daemon.metrics import CONTENT_TYPE, Metrics
+from deepseek_node.daemon.gateway import protocol as P
+from deepseek_node.daemon.gateway import relay as R
+from deepseek_node.daemon.gateway.admission import Admission, Lease, Refused
+from deepseek_node.daemon.gateway.audit import AuditLog
+from deepseek_node.daemon.gateway.auth import KeyStore, Principal
+from deepseek_node.daemon.gateway.metrics import CONTENT_TYPE, Metrics
 
 __all__ = ["APIError", "DaemonState", "create_app"]
 
-log = logging.getLogger("deepseek_node.daemon.api")
+log = logging.getLogger("deepseek_node.daemon.gateway.api")
 
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 _RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -96,7 +98,7 @@ class DaemonState:
 
     def __post_init__(self) -> None:
         if self.admission is None:
-            self.admission = make_admission(self.config, relay=bool(getattr(self.engine, "relay", False)))
+            self.admission = make_admission(self.config, relay=isinstance(self.engine, RelayEngine))
 
 
 def make_admission(config: DaemonConfig, relay: bool) -> Admission:
@@ -604,8 +606,8 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
     async def metrics(request: Request) -> Response:
         authorize(request, KeyScope.METRICS)
         body = state.metrics.render()
-        if getattr(state.engine, "relay", False):
-            body += await state.engine.metrics_text()  # type: ignore[attr-defined]
+        if isinstance(state.engine, RelayEngine):
+            body += await state.engine.metrics_text()
         return Response(body, media_type=CONTENT_TYPE)
 
     @app.get("/admin/status")
@@ -643,8 +645,6 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
 
     async def relay(request: Request, path: str) -> Response:
         """The same admission, then the request goes to the engine as sent and its answer comes back."""
-        from deepseek_node.daemon.engines.vllm import EngineUnavailable
-
         principal = authorize(request, KeyScope.INFERENCE)
         try:
             body = R.parse_relay_body(await request.body())
@@ -660,7 +660,8 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
             audit["prompt"] = R.prompt_for_audit(body)
         lease = acquire(state, principal)
         try:
-            resp, done = await state.engine.open(path, await request.body())  # type: ignore[attr-defined]
+            assert isinstance(state.engine, RelayEngine)
+            resp, done = await state.engine.open(path, await request.body())
         except EngineUnavailable as exc:
             lease.release()
             raise APIError(
@@ -720,7 +721,7 @@ def create_app(state: DaemonState, on_shutdown: Callable[[], Awaitable[None]] | 
         respond = P.chat_response if chat else P.completion_response
         return JSONResponse(respond(cid, model, text, reason, _usage(handle), created, fp))
 
-    relayed = bool(getattr(state.engine, "relay", False))
+    relayed = isinstance(state.engine, RelayEngine)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
