@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deepseek_node.planner import (
+    Engine,
     Goal,
     HardwareProfile,
     ModelSpec,
@@ -37,7 +38,8 @@ from deepseek_node.planner.models import MODEL_DIR_KEY, MODEL_KEY
 GROUP = "inference_nodes"
 GOAL_KEY = "deepseek_serving_goal"
 MAX_CONTEXT_KEY = "deepseek_max_context"
-PLANNER_KEYS = (PROFILE_KEY, OVERRIDES_KEY, MODEL_KEY, MODEL_DIR_KEY, GOAL_KEY, MAX_CONTEXT_KEY)
+ENGINE_KEY = "deepseek_engine"
+PLANNER_KEYS = (PROFILE_KEY, OVERRIDES_KEY, MODEL_KEY, MODEL_DIR_KEY, GOAL_KEY, MAX_CONTEXT_KEY, ENGINE_KEY)
 _OMIT_PREFIX = "__omit_place_holder__"  # what Ansible's `omit` renders to
 
 
@@ -50,9 +52,12 @@ class HostSettings:
     model: ModelSpec
     goal: Goal
     max_context: int | None
+    engine: Engine = Engine.AUTO
 
     def request(self) -> PlanRequest:
-        return PlanRequest(self.model, self.profile, self.goal, self.max_context, self.host)
+        return PlanRequest(
+            self.model, self.profile, self.goal, self.max_context, self.host, engine=self.engine
+        )
 
     def plan(self) -> Plan:
         return plan(self.request())
@@ -99,6 +104,23 @@ def _goal(value: Any) -> Goal:
         ) from None
 
 
+def _engine(value: Any) -> Engine:
+    if value is None:
+        return Engine.AUTO
+    try:
+        return Engine(str(value))
+    except ValueError:
+        raise PlannerInputError(
+            [
+                Problem(
+                    ENGINE_KEY,
+                    f"{value!r} is not a serving engine",
+                    f"use {' or '.join(e.value for e in Engine)} (auto: vLLM wherever a vLLM build runs)",
+                )
+            ]
+        ) from None
+
+
 def _max_context(value: Any) -> int | None:
     if value is None:
         return None
@@ -119,7 +141,7 @@ def host_settings(host: str, hostvars: Mapping[str, Any], **overrides: Any) -> H
         # The command line names the model outright: the inventory's choice of either kind is replaced.
         merged[MODEL_KEY] = overrides.get("model")
         merged[MODEL_DIR_KEY] = overrides.get("model_dir")
-    for key, option in ((GOAL_KEY, "goal"), (MAX_CONTEXT_KEY, "max_context")):
+    for key, option in ((GOAL_KEY, "goal"), (MAX_CONTEXT_KEY, "max_context"), (ENGINE_KEY, "engine")):
         if overrides.get(option) is not None:
             merged[key] = overrides[option]
     values = {key: _value(merged, key) for key in PLANNER_KEYS}
@@ -132,6 +154,7 @@ def host_settings(host: str, hostvars: Mapping[str, Any], **overrides: Any) -> H
         "model": lambda: resolve_model(values[MODEL_KEY], values[MODEL_DIR_KEY]),
         "goal": lambda: _goal(values[GOAL_KEY]),
         "max_context": lambda: _max_context(values[MAX_CONTEXT_KEY]),
+        "engine": lambda: _engine(values[ENGINE_KEY]),
     }
     for name, step in steps.items():
         try:
@@ -140,7 +163,9 @@ def host_settings(host: str, hostvars: Mapping[str, Any], **overrides: Any) -> H
             problems += exc.problems
     if problems:
         raise PlannerInputError(problems, host)
-    return HostSettings(host, results["profile"], results["model"], results["goal"], results["max_context"])
+    return HostSettings(
+        host, results["profile"], results["model"], results["goal"], results["max_context"], results["engine"]
+    )
 
 
 def group_hosts(inventory: Mapping[str, Any], group: str = GROUP) -> list[str]:

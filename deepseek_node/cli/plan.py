@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +69,10 @@ def plan_command(
         None, "--hardware", help="Plan for a catalog hardware profile instead of an inventory."
     ),
     goal: Goal | None = typer.Option(None, "--goal", help="Override deepseek_serving_goal."),
-    engine: Engine = typer.Option(
-        Engine.AUTO, "--engine", help="Engine to plan for: auto (vLLM where it runs), vllm or builtin."
+    engine: Engine | None = typer.Option(
+        None,
+        "--engine",
+        help="Override deepseek_engine: auto (vLLM where it runs), vllm or builtin.",
     ),
     max_context: int | None = typer.Option(
         None, "--max-context", min=1, help="Override deepseek_max_context."
@@ -112,7 +113,7 @@ def plan_command(
     overrides = {"model": model, "model_dir": str(model_dir) if model_dir else None}
     try:
         if list_profiles:
-            _list_profiles(overrides, hardware, goal, max_context, engine, as_json)
+            _list_profiles(overrides, hardware, goal, max_context, engine or Engine.AUTO, as_json)
             return
         if hardware:
             plans = [_plan_hardware(hardware, overrides, goal, max_context, engine)]
@@ -144,14 +145,16 @@ def _cli_words(message: str) -> str:
 
 
 def _plan_hardware(
-    name: str, overrides: dict[str, Any], goal: Goal | None, max_context: int | None, engine: Engine
+    name: str, overrides: dict[str, Any], goal: Goal | None, max_context: int | None, engine: Engine | None
 ) -> Plan:
     try:
         profile = resolve_profile(name)
         spec = resolve_model(overrides["model"], overrides["model_dir"])
     except PlannerInputError as exc:
         fail(_cli_words(str(exc)))
-    return plan(PlanRequest(spec, profile, goal or Goal.THROUGHPUT, max_context, engine=engine))
+    return plan(
+        PlanRequest(spec, profile, goal or Goal.THROUGHPUT, max_context, engine=engine or Engine.AUTO)
+    )
 
 
 def _plan_inventory(
@@ -160,7 +163,7 @@ def _plan_inventory(
     overrides: dict[str, Any],
     goal: Goal | None,
     max_context: int | None,
-    engine: Engine,
+    engine: Engine | None,
 ) -> list[Plan]:
     from deepseek_node.inventory import InventoryError, InventoryLoadError, load_inventory, validate_inventory
 
@@ -169,10 +172,12 @@ def _plan_inventory(
     except InventoryLoadError as exc:
         fail(str(exc))
     try:
-        settings = validate_inventory(data, group, goal=goal, max_context=max_context, **overrides)
+        settings = validate_inventory(
+            data, group, goal=goal, max_context=max_context, engine=engine, **overrides
+        )
     except InventoryError as exc:
         fail(f"{inventory} is not valid for planning (nothing was changed):\n{exc}")
-    return [plan(replace(s.request(), engine=engine)) for s in settings]
+    return [s.plan() for s in settings]
 
 
 def _vllm_preview(p: Plan) -> dict[str, Any] | None:

@@ -196,7 +196,7 @@ def register(app: typer.Typer) -> None:
                 "tls_cert": str(tls_cert) if tls_cert else None,
                 "tls_key": str(tls_key) if tls_key else None,
             },
-            "engine": {"default_max_tokens": min(256, max_context // 2)},
+            "engine": {},
             "auth": {
                 "api_keys": [
                     {"id": "local", "sha256": hash_key(key), "scopes": ["inference", "metrics", "admin"]}

@@ -168,7 +168,9 @@ class EngineConfig(_Strict):
     kind: EngineKind = EngineKind.BUILTIN
     max_running: int = Field(16, ge=1, le=4096)
     max_queue: int = Field(64, ge=0, le=1_000_000)
-    default_max_tokens: int = Field(256, ge=1)
+    # max_tokens for requests without one; None: the rest of the context (as vLLM and OpenAI do), so a
+    # reasoning model (R1 thinks for thousands of tokens) is not cut off mid-thought by a default.
+    default_max_tokens: int | None = Field(None, ge=1)
     shutdown_grace_s: float = Field(30, ge=0, le=3600)
     # Optional tuning; the Ansible role does not have to render these.
     backend: EngineBackend = EngineBackend.AUTO
@@ -345,7 +347,10 @@ class DaemonConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> DaemonConfig:
-        if self.engine.default_max_tokens >= self.model.max_context:
+        if (
+            self.engine.default_max_tokens is not None
+            and self.engine.default_max_tokens >= self.model.max_context
+        ):
             raise ValueError(
                 f"engine.default_max_tokens ({self.engine.default_max_tokens}) must be below model.max_context "
                 f"({self.model.max_context}) so a prompt still fits"

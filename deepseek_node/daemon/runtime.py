@@ -6,8 +6,10 @@ however they like (uvicorn in a thread, or an in-process engine call).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 from deepseek_node.daemon.config import ConfigError, DaemonConfig, EngineKind
@@ -59,6 +61,22 @@ def _vllm_plan(config: DaemonConfig, checkpoint_quant: str | None) -> LoadPlan:
     )
 
 
+def sampling_defaults(model_dir: Path) -> dict[str, float]:
+    """temperature / top_p the checkpoint recommends (generation_config.json), when it samples by default."""
+    try:
+        data = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("do_sample") is False:
+        return {}
+    out: dict[str, float] = {}
+    for key, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        value = data.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
+            out[key] = float(value)
+    return out
+
+
 def build_state(
     config: DaemonConfig,
     plan: LoadPlan,
@@ -86,4 +104,5 @@ def build_state(
         audit=AuditLog(config.audit, stream=audit_stream),
         metrics=metrics,
         load_plan=plan.describe(),
+        sampling_defaults=sampling_defaults(config.model.path),
     )

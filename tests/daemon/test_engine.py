@@ -184,3 +184,40 @@ def test_int8_quantization_on_cpu(fixture: str, request: pytest.FixtureRequest) 
     engine = build_engine(cfg, plan)
     [(_, h)] = asyncio.run(_run(engine, [([5, 6, 7], SamplingParams(max_tokens=6, temperature=0.0))]))
     assert h.completion_tokens >= 1 and h.finish_reason in ("length", "stop")
+
+
+def test_out_of_memory_fails_the_batch_and_the_engine_keeps_serving(
+    tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OOM in a step fails the sequences of that batch with a clear error; the next request is served
+    (a process restart would reload the model)."""
+    from deepseek_node.daemon.engines.builtin import backend_step
+
+    real = backend_step.StepBackend._decode
+    calls = {"n": 0}
+
+    def flaky(self: Any, updates: list) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        real(self, updates)
+
+    monkeypatch.setattr(backend_step.StepBackend, "_decode", flaky)
+    engine = _engine(tiny_llama_dir, backend="step", warmup=False)
+    params = SamplingParams(max_tokens=8, temperature=0)
+
+    async def go() -> tuple[list, str]:
+        await engine.start()
+        while not engine.ready:
+            assert engine.state.value != "failed", engine.load_error
+            await asyncio.sleep(0.01)
+        try:
+            first = [ev async for ev in engine.submit([1, 2, 3], params, "a")]
+            again = "".join([ev.text async for ev in engine.submit([1, 2, 3], params, "b")])
+            return first, again
+        finally:
+            await engine.shutdown()
+
+    first, again = asyncio.run(go())
+    assert first[-1].finish_reason == "error" and "out of memory" in (first[-1].error or "")
+    assert again and engine.state.value in ("stopped", "ready")

@@ -95,6 +95,7 @@ class DaemonState:
     load_plan: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
     admission: Admission | None = None
+    sampling_defaults: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.admission is None:
@@ -343,7 +344,8 @@ def resolve_params(
             code="context_length_exceeded",
         )
     if requested is None:
-        max_tokens = min(state.config.engine.default_max_tokens, max_ctx - n_prompt)
+        default = state.config.engine.default_max_tokens
+        max_tokens = max_ctx - n_prompt if default is None else min(default, max_ctx - n_prompt)
     elif n_prompt + requested > max_ctx:
         raise APIError(
             400,
@@ -355,8 +357,11 @@ def resolve_params(
         )
     else:
         max_tokens = requested
-    temperature = 1.0 if body.temperature is None else float(body.temperature)
-    top_p = 1.0 if body.top_p is None else float(body.top_p)
+    # Unset sampling parameters take the model's own recommendation (generation_config.json: 0.6 / 0.95
+    # for DeepSeek-R1), as vLLM does, then OpenAI's defaults.
+    defaults = state.sampling_defaults
+    temperature = float(defaults.get("temperature", 1.0) if body.temperature is None else body.temperature)
+    top_p = float(defaults.get("top_p", 1.0) if body.top_p is None else body.top_p)
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=temperature,

@@ -72,6 +72,7 @@ class StepBackend(Backend):
         # Batch state, owned by the loop thread.
         self._rows: list[_Row] = []
         self._pending: list[BackendSequence] = []
+        self._prefilling: list[BackendSequence] = []
         self._pending_steps = 0  # decode steps the oldest pending sequence has waited
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
@@ -121,7 +122,10 @@ class StepBackend(Backend):
                         self._wake.wait(0.05)
                         self._wake.clear()
                         continue
-                    self._step()
+                    try:
+                        self._step()
+                    except torch.OutOfMemoryError as exc:
+                        self._out_of_memory(exc)
         except Exception as exc:  # a crash here must be visible (readiness fails, process restarts)
             log.exception("step engine crashed")
             self._error = f"{type(exc).__name__}: {exc}"
@@ -130,6 +134,23 @@ class StepBackend(Backend):
                 self._sink(
                     [TokenUpdate(i, [], finished=True, error="the inference engine failed") for i in ids]
                 )
+
+    def _out_of_memory(self, exc: BaseException) -> None:
+        """Out of device memory: the sequences in the step fail with a clear error; the engine goes on.
+
+        The batch cache may be half-updated, so every running row and the group being prefilled end
+        with an error (the gateway answers them 503 engine_error); waiting sequences stay queued. A
+        process restart would reload the model for minutes; this costs the batch in flight.
+        """
+        victims = [r.seq.seq_id for r in self._rows] + [s.seq_id for s in self._prefilling]
+        log.error("out of memory with %d sequences in the batch: failing them (%s)", len(victims), exc)
+        self._rows, self._cache, self._mask, self._prefilling = [], None, None, []
+        self._cached_tokens = 0
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self._sink and victims:
+            err = "out of memory in this batch: retry, or send a shorter prompt or a lower max_tokens"
+            self._sink([TokenUpdate(i, [], finished=True, error=err) for i in victims])
 
     def _take_inbox(self) -> None:
         while True:
@@ -222,6 +243,7 @@ class StepBackend(Backend):
         group = self._admit_group()
         if not group:
             return
+        self._prefilling = group  # what an out-of-memory error in this prefill must fail as well
         width = max(len(s.prompt_ids) for s in group)
         ids = torch.full((len(group), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(group), width), dtype=torch.long)
@@ -243,6 +265,7 @@ class StepBackend(Backend):
         new_rows = [_Row(seq=s, length=len(s.prompt_ids)) for s in group]
         tokens = self._sample(out.logits[:, -1, :], new_rows)
         self._merge(cache, mask, new_rows)
+        self._prefilling = []
         for row, tok in zip(new_rows, tokens, strict=True):
             self._accept(row, tok, updates)
 
@@ -308,9 +331,12 @@ class StepBackend(Backend):
         mask = self._mask.index_select(0, idx)
         used = mask.any(dim=0).nonzero()
         start = int(used[0]) if used.numel() else 0
+        # With layers split across GPUs each layer's cache lives on that layer's device: index it there.
+        by_device = {idx.device: idx}
         for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[..., start:, :]
-            layer.values = layer.values.index_select(0, idx)[..., start:, :]
+            i = by_device.setdefault(layer.keys.device, idx.to(layer.keys.device))
+            layer.keys = layer.keys.index_select(0, i)[..., start:, :]
+            layer.values = layer.values.index_select(0, i)[..., start:, :]
         self._mask = mask[:, start:]
         self._rows = [self._rows[i] for i in keep]
         self._cached_tokens = sum(r.length for r in self._rows)

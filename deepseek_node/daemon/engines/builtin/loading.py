@@ -126,6 +126,11 @@ def check_model_dir(cfg: ModelConfig) -> dict[str, Any]:
     return data
 
 
+def _checkpoint_format(checkpoint_quant: str | None) -> Quantization | None:
+    """The plan precision a checkpoint's own quantization is (fp8 for DeepSeek-V3/R1), if it is one."""
+    return Quantization.FP8 if (checkpoint_quant or "").lower() == "fp8" else None
+
+
 def plan_load(
     cfg: ModelConfig,
     gpus: list[GpuInfo],
@@ -169,24 +174,40 @@ def plan_load(
         names = ", ".join(f"{g.name} (sm_{g.capability[0]}{g.capability[1]})" for g in used if not g.bf16)
         raise ConfigError(f"dtype bfloat16 needs compute capability >= 8.0; {names} lacks it: use float16")
 
-    # quantization
+    # quantization: a checkpoint in the plan's own format (DeepSeek-V3/R1 ship fp8) loads as it is.
     q = cfg.quantization
+    native = _checkpoint_format(checkpoint_quant)
+    if native is not None and q not in (Quantization.NONE, native):
+        raise ConfigError(
+            f"the plan asks for {q.value} but the checkpoint is already quantized ({checkpoint_quant}): "
+            f"give a checkpoint in the plan's format, or plan for {native.value if native else checkpoint_quant}"
+        )
+    if checkpoint_quant and native is None and q is not Quantization.NONE:
+        raise ConfigError(
+            f"the checkpoint is already quantized ({checkpoint_quant}); set quantization: none to load it as it is"
+        )
+    wanted = native or q
     lib: str | None = None
-    if q is Quantization.FP8:
+    if wanted is Quantization.FP8:
         if device != "cuda":
             raise ConfigError(
-                "quantization fp8 needs an Ada or Hopper GPU (compute capability >= 8.9); on CPU use "
+                "fp8 weights need an Ada or Hopper GPU (compute capability >= 8.9) in the builtin engine; "
+                "on CPU serve this checkpoint with the vLLM engine or use a bfloat16 checkpoint"
+                if native
+                else "quantization fp8 needs an Ada or Hopper GPU (compute capability >= 8.9); on CPU use "
                 "int8, int4 or none"
             )
         lacking = [g for g in used if not g.fp8]
         if lacking:
             names = ", ".join(f"{g.name} (sm_{g.capability[0]}{g.capability[1]})" for g in lacking)
             raise ConfigError(
-                f"quantization fp8 needs compute capability >= 8.9; {names} lacks it: use int8 or "
+                f"fp8 needs compute capability >= 8.9; {names} lacks it: use int8 or "
                 "bfloat16/float16 without quantization"
             )
         if dtype == "float32":
-            raise ConfigError("quantization fp8 computes in bfloat16: set dtype auto or bfloat16")
+            raise ConfigError(
+                "fp8 weights: quantization fp8 computes in bfloat16: set dtype auto or bfloat16"
+            )
         lib = "transformers-fp8"
     elif q in (Quantization.INT8, Quantization.INT4):
         if has_module("bitsandbytes"):
@@ -199,11 +220,11 @@ def plan_load(
                 f"quantization {q.value} needs {pkg}, which is not installed in the daemon's "
                 "environment: add it to the offline bundle or set quantization: none"
             )
-    if checkpoint_quant and q is not Quantization.NONE:
-        raise ConfigError(
-            f"the checkpoint is already quantized ({checkpoint_quant}); set quantization: none to load it as it is"
-        )
-    if checkpoint_quant:
+    if native is not None:
+        # The checkpoint's quantization_config applies itself on load; nothing is quantized here.
+        notes.append(f"checkpoint's own precision ({checkpoint_quant}), loaded as it is")
+        q = Quantization.NONE
+    elif checkpoint_quant:
         notes.append(f"checkpoint carries its own quantization ({checkpoint_quant})")
 
     # placement
