@@ -1,8 +1,10 @@
 """`provision serve`: run the inference daemon in the foreground on a local model directory.
 
 It builds the same `DaemonConfig` the Ansible role renders as YAML, so a local trial exercises exactly the
-production daemon (TLS, API keys, audit, metrics). Without --api-key a key is generated and shown once;
-only its hash is kept, as on a node.
+production daemon (TLS, API keys, audit, metrics) in front of the same engine a node would choose: vLLM
+where a vLLM build runs here (`--engine auto`), the builtin engine otherwise. Without --api-key-file (or
+DEEPSEEK_NODE_API_KEY) a key is generated and shown once; only its hash is kept, as on a node. A key is
+never taken on the command line: every local user can read a process's argv.
 """
 
 from __future__ import annotations
@@ -141,6 +143,129 @@ def _check_listen(host: str, port: int) -> None:
             )
 
 
+_MIN_KEY_LEN = 16
+
+
+def _read_api_key(path: Path | None) -> str | None:
+    """The client key from --api-key-file or DEEPSEEK_NODE_API_KEY; None: generate one."""
+    if path is not None:
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            fail(f"--api-key-file {path}: cannot read it ({exc.strerror or exc}); give a readable file")
+        source = f"--api-key-file {path}"
+    else:
+        env = os.environ.get("DEEPSEEK_NODE_API_KEY")
+        if env is None:
+            return None
+        key, source = env.strip(), "DEEPSEEK_NODE_API_KEY"
+    if len(key) < _MIN_KEY_LEN:
+        fail(
+            f"{source} holds a key of {len(key)} characters: use at least {_MIN_KEY_LEN} (e.g. "
+            "`openssl rand -base64 32`), or give none to have one generated and shown once"
+        )
+    return key
+
+
+def _vllm_python_default() -> Path | None:
+    from deepseek_node.paths import project_root
+
+    for candidate in (
+        project_root() / ".venv-vllm/bin/python",
+        Path("/opt/deepseek-node/vllm-venv/bin/python"),
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return next((line for line in text.splitlines() if line.startswith("flags")), "")
+
+
+def _choose_engine(requested: str, device: str, vllm_python: Path | None) -> Path | None:
+    """The vLLM interpreter when vLLM serves, None for the builtin engine; refuses what cannot run here."""
+    import platform
+
+    from deepseek_node.planner import EngineUnavailableError, choose_engine
+
+    if requested not in ("auto", "vllm", "builtin"):
+        fail(f"--engine {requested!r} is not an engine: use auto, vllm or builtin")
+    if requested == "builtin":
+        return None
+    python = vllm_python or _vllm_python_default()
+    try:
+        chosen, reason = choose_engine(
+            requested,
+            device="cuda" if device == "cuda" else "cpu",
+            cpu_arch=platform.machine(),
+            cpu_flags=_cpu_flags(),
+        )
+    except EngineUnavailableError as exc:
+        fail(f"--engine vllm: {exc}; use --engine builtin")
+    if chosen.value != "vllm":
+        typer.echo(f"engine: builtin ({reason})", err=True)
+        return None
+    if python is None or not python.is_file():
+        where = python or ".venv-vllm/bin/python or /opt/deepseek-node/vllm-venv/bin/python"
+        if requested == "vllm":
+            fail(
+                f"--engine vllm: no vLLM interpreter at {where}: run scripts/setup.sh, or give --vllm-python"
+            )
+        typer.echo(f"engine: builtin (no vLLM virtualenv at {where})", err=True)
+        return None
+    typer.echo(f"engine: vllm ({reason}; {python})", err=True)
+    return python
+
+
+class _NoVllmPlan(Exception):
+    pass
+
+
+def _vllm_section(
+    python: Path, model_dir: Path, data: dict[str, Any], hardware_profile: str | None
+) -> dict[str, Any]:
+    """vLLM's arguments for this model, rendered by the planner's one function, as a node's would be."""
+    from deepseek_node.inventory import host_settings
+    from deepseek_node.planner import PlannerInputError
+    from deepseek_node.planner.engine_args import vllm_args, vllm_env
+
+    profile = hardware_profile or ("cpu-only" if data["model"]["device"] != "cuda" else None)
+    if profile is None:
+        raise _NoVllmPlan("on a GPU it needs --hardware-profile (see `provision plan --list-profiles`)")
+    try:
+        settings = host_settings(
+            "local",
+            {
+                "deepseek_hardware_profile": profile,
+                "deepseek_model_dir": str(model_dir),
+                "deepseek_max_context": data["model"]["max_context"],
+                "deepseek_engine": "vllm",
+            },
+        )
+    except PlannerInputError as exc:
+        raise _NoVllmPlan(str(exc)) from None
+    p = settings.plan()
+    if not p.fits:
+        raise _NoVllmPlan(f"the model does not fit as planned: {p.summary()}")
+    try:
+        args = vllm_args(
+            p,
+            model_path=str(model_dir),
+            served_name=data["model"]["served_name"],
+            port=8000,  # the daemon binds vLLM to a free loopback port of its own
+            checkpoint_quant=p.model.quant_method,
+        )
+    except ValueError as exc:
+        raise _NoVllmPlan(str(exc)) from None
+    data["engine"]["max_running"] = p.max_running
+    return {"python": str(python), "args": args, "env": vllm_env(p)}
+
+
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
@@ -149,8 +274,24 @@ def register(app: typer.Typer) -> None:
         ),
         host: str = typer.Option("127.0.0.1", help="Address to listen on."),
         port: int = typer.Option(8443, min=1, max=65535, help="Port to listen on."),
-        api_key: str | None = typer.Option(
-            None, "--api-key", envvar="DEEPSEEK_NODE_API_KEY", help="Client key (default: generate one)."
+        api_key_file: Path | None = typer.Option(
+            None,
+            "--api-key-file",
+            help="File holding the client key (or DEEPSEEK_NODE_API_KEY; default: generate one).",
+        ),
+        engine: str = typer.Option(
+            "auto", "--engine", help="auto (vLLM where it runs here), vllm or builtin."
+        ),
+        vllm_python: Path | None = typer.Option(
+            None,
+            "--vllm-python",
+            envvar="DEEPSEEK_NODE_VLLM_PYTHON",
+            help="Python of the vLLM virtualenv (default: .venv-vllm beside the project, then /opt/deepseek-node/vllm-venv).",
+        ),
+        hardware_profile: str | None = typer.Option(
+            None,
+            "--hardware-profile",
+            help="Planner profile for vLLM's arguments (default: cpu-only without a GPU).",
         ),
         tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate (with --tls-key)."),
         tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key (with --tls-cert)."),
@@ -176,11 +317,7 @@ def register(app: typer.Typer) -> None:
             if f is not None and not f.is_file():
                 what = "is not a file" if f.exists() else "does not exist"
                 fail(f"{option} {f} {what}: give the path to a PEM file")
-        if api_key is not None and not api_key.strip():
-            fail(
-                "--api-key (or DEEPSEEK_NODE_API_KEY) is empty: give a key, or leave both unset to have "
-                "one generated and shown once"
-            )
+        api_key = _read_api_key(api_key_file)
         generated = api_key is None
         key = api_key or generate_key()
         data = {
@@ -205,6 +342,15 @@ def register(app: typer.Typer) -> None:
             "audit": {"path": None, "log_content": False, "redact": True},
             "plan": {"source": "provision serve"},
         }
+        chosen = _choose_engine(engine, device, vllm_python)
+        if chosen is not None:
+            try:
+                data["vllm"] = _vllm_section(chosen, model_dir.resolve(), data, hardware_profile)
+                data["engine"]["kind"] = "vllm"
+            except _NoVllmPlan as exc:
+                if engine == "vllm":
+                    fail(f"--engine vllm: {exc}")
+                typer.echo(f"engine: builtin (vLLM cannot serve this here: {exc})", err=True)
         try:
             config = parse_config(data, "provision serve")
         except ConfigError as exc:

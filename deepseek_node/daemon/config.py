@@ -142,21 +142,36 @@ class ServerConfig(_Strict):
     port: int = Field(8443, ge=0, le=65535)  # 0 = any free port (tests)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # TLS 1.3 only by default; "1.2" also admits TLS 1.2 clients, with forward-secret AEAD suites only.
+    tls_min_version: str = "1.3"
+    # Mutual TLS: clients must present a certificate signed by this CA (in addition to their API key).
+    tls_client_ca: Path | None = None
     # Requests larger than this are refused with 413 before they are parsed.
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # Generation requests one API key may have in flight (admitted or queued); beyond it, 429. Keeps one
     # tenant from filling the queue for everyone. Per-key `max_concurrent` overrides it.
     max_concurrent_per_key: int = Field(64, ge=1, le=100_000)
 
-    @field_validator("tls_cert", "tls_key", mode="before")
+    @field_validator("tls_cert", "tls_key", "tls_client_ca", mode="before")
     @classmethod
     def _path(cls, v: Any) -> Any:
         return Path(v) if isinstance(v, str) else v
+
+    @field_validator("tls_min_version")
+    @classmethod
+    def _tls_version(cls, v: str) -> str:
+        if v not in ("1.2", "1.3"):
+            raise ValueError(f"{v!r} is not a TLS version this server offers: use 1.3 (default) or 1.2")
+        return v
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: set both (HTTPS) or neither (plain HTTP)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError(
+                "tls_client_ca (mutual TLS) needs tls_cert and tls_key: the server must speak TLS"
+            )
         return self
 
     @property

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Generator
@@ -83,7 +84,24 @@ def make_server(config: DaemonConfig, state: Any, app: Any) -> DaemonServer:
         lifespan="on",
         timeout_keep_alive=30,
     )
+    if s.tls:
+        uv_config.load()  # builds the SSL context, which is then narrowed before the first handshake
+        harden_tls(uv_config.ssl, s.tls_min_version, s.tls_client_ca)
     return DaemonServer(uv_config, state)
+
+
+# Forward-secret AEAD suites for TLS 1.2 where it is allowed (TLS 1.3 suites are all AEAD already).
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384"
+
+
+def harden_tls(context: ssl.SSLContext, min_version: str, client_ca: Any = None) -> None:
+    """TLS 1.3 only by default; with 1.2 allowed, only ECDHE + AEAD suites; mutual TLS when a CA is set."""
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(_TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    if client_ca is not None:
+        context.load_verify_locations(cafile=str(client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
 
 
 def setup_logging(level: str = "INFO") -> None:
