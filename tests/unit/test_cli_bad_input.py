@@ -263,6 +263,27 @@ def test_build_model_dir_that_is_a_file(tmp_path: Path) -> None:
     refused(build(tmp_path / "out", afile), "does not exist or is not a directory")
 
 
+def test_build_engine_values(tmp_path: Path, model_dir: Path) -> None:
+    before = tree(tmp_path)
+    choices = "choose from none, vllm-cpu, vllm-cuda"
+    refused(
+        build(tmp_path / "out", model_dir, "--engine", "vllm-tpu"), "'vllm-tpu' is not an engine", choices
+    )
+    refused(
+        build(tmp_path / "out", model_dir, "--engine", "vllm-cpu,cuda"), "--engine 'cuda' is not", choices
+    )
+    refused(
+        build(tmp_path / "out", model_dir, "--engine", "vllm-cpu", "--engine", "VLLM-CUDA"), "'VLLM-CUDA'"
+    )
+    refused(build(tmp_path / "out", model_dir, "--engine", "none,vllm-cpu"), "cannot be combined")
+    refused(
+        build(tmp_path / "out", model_dir, "--engine", "vllm-cpu", "--suite", "sid"),
+        "--suite sid is not one",
+        "choose from bookworm, trixie",
+    )
+    assert tree(tmp_path) == before
+
+
 # --- model make-tiny (all refused before torch is imported) -------------------------------------------
 
 
@@ -338,8 +359,12 @@ def test_serve_flag_problems(tmp_path: Path, port: int, no_server: None) -> None
     for bad in ("0", "70000", "abc"):
         result = serve(model, port, "--port", bad)
         assert result.exit_code == 2 and "--port" in result.output and "Traceback" not in result.output
-    result = refused(serve(model, port, "--api-key", ""), "--api-key", "is empty")
+    short = tmp_path / "short.key"
+    short.write_text("tooshort\n")
+    result = refused(serve(model, port, "--api-key-file", str(short)), "--api-key-file", "at least 16")
     assert "API key (shown once" not in result
+    refused(serve(model, port, "--api-key-file", str(tmp_path / "none.key")), "--api-key-file", "cannot read")
+    refused(serve(model, port, "--engine", "turbo"), "--engine 'turbo' is not an engine")
     refused(serve(model, port, "--host", "999.1.1.1"), "--host '999.1.1.1' is not an address")
 
 
