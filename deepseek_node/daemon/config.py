@@ -151,11 +151,22 @@ class ServerConfig(_Strict):
     # Generation requests one API key may have in flight (admitted or queued); beyond it, 429. Keeps one
     # tenant from filling the queue for everyone. Per-key `max_concurrent` overrides it.
     max_concurrent_per_key: int = Field(64, ge=1, le=100_000)
+    # Slow or idle clients must not hold descriptors: a request head must be complete this long after the
+    # connection opens (or its previous response ends), a body may not stall longer than idle_timeout_s,
+    # and one client address may hold at most max_connections_per_client connections.
+    request_head_timeout_s: float = Field(10.0, gt=0, le=600)
+    idle_timeout_s: float = Field(30.0, gt=0, le=3600)
+    max_connections_per_client: int = Field(256, ge=1, le=65_536)
 
     @field_validator("tls_cert", "tls_key", "tls_client_ca", mode="before")
     @classmethod
     def _path(cls, v: Any) -> Any:
         return Path(v) if isinstance(v, str) else v
+
+    @field_validator("request_head_timeout_s", "idle_timeout_s", mode="before")
+    @classmethod
+    def _seconds(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @field_validator("tls_min_version")
     @classmethod

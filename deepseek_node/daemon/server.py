@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 
 from deepseek_node.daemon.config import DaemonConfig
+from deepseek_node.daemon.gateway.connections import protocol_options
 
 __all__ = ["DaemonServer", "make_server", "run"]
 
@@ -81,6 +82,7 @@ def make_server(config: DaemonConfig, state: Any, app: Any) -> DaemonServer:
         access_log=False,  # the audit log has one line per request already
         log_config=None,
         server_header=False,
+        **protocol_options(s),
         lifespan="on",
         timeout_keep_alive=30,
     )
