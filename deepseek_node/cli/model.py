@@ -17,13 +17,25 @@ def make_tiny(
     arch: str = typer.Option("deepseek_v3", help="deepseek_v3 (MLA + MoE) or llama."),
     layers: int = typer.Option(2, min=1, max=16),
     hidden_size: int = typer.Option(64, min=16, max=1024),
+    fp8: bool = typer.Option(
+        False,
+        "--fp8",
+        help="Write DeepSeek-R1's native fp8 checkpoint (128x128 block-quantized weights); loading it "
+        "needs an fp8-capable GPU.",
+    ),
 ) -> None:
-    """Create a small random-weight DeepSeek-architecture model with a locally trained tokenizer."""
+    """Create a small random-weight DeepSeek-architecture model with a locally trained tokenizer.
+
+    The DeepSeek-V3 model is written in the published checkpoint layout, so it loads in transformers
+    and in vLLM alike.
+    """
     from deepseek_node.tiny_model import TinyModelSpec, check_out, check_spec, make_tiny_model
 
     if arch not in ("deepseek_v3", "llama"):
         fail(f"--arch {arch!r} is not supported: use deepseek_v3 or llama")
-    spec = TinyModelSpec(arch=arch, layers=layers, hidden_size=hidden_size)  # type: ignore[arg-type]
+    if fp8 and arch != "deepseek_v3":
+        fail("--fp8 writes DeepSeek-V3/R1's native checkpoint format: use it with --arch deepseek_v3")
+    spec = TinyModelSpec(arch=arch, layers=layers, hidden_size=hidden_size, fp8=fp8)  # type: ignore[arg-type]
     try:
         check_spec(spec)
     except ValueError as exc:
@@ -36,4 +48,4 @@ def make_tiny(
             where = f" ({exc.filename})" if exc.filename else ""
             fail(f"cannot write the model to {out}: {exc.strerror}{where}; nothing was left behind")
         fail(str(exc))
-    typer.echo(f"tiny {arch} model written to {path}")
+    typer.echo(f"tiny {arch}{' fp8' if fp8 else ''} model written to {path}")

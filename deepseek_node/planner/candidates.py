@@ -157,7 +157,7 @@ def candidates(req: PlanRequest) -> list[Candidate]:
     engine = req.serving_engine
     return [
         best_layout(req, r.precision) if r.usable else _unusable(r, engine)
-        for r in precision_ladder(req.model, req.profile)
+        for r in precision_ladder(req.model, req.profile, engine)
     ]
 
 

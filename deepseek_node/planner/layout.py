@@ -23,7 +23,31 @@ class Rung:
     why: str
 
 
-def precision_ladder(model: ModelSpec, profile: HardwareProfile) -> list[Rung]:
+# Why the builtin engine cannot take these precisions from an offline bundle.
+_BUILTIN_LIMITS = {
+    Precision.FP8: "the builtin engine's fp8 kernels come from the Hugging Face Hub, which an air-gapped "
+    "node cannot reach: serve fp8 with vLLM",
+    Precision.INT8: "the builtin engine quantizes with bitsandbytes, which the bundle does not carry: "
+    "serve a pre-quantized checkpoint with vLLM",
+    Precision.INT4: "the builtin engine quantizes with bitsandbytes, which the bundle does not carry: "
+    "serve a pre-quantized checkpoint with vLLM",
+}
+
+
+def precision_ladder(model: ModelSpec, profile: HardwareProfile, engine: Engine = Engine.VLLM) -> list[Rung]:
+    """`_ladder`, with what the engine cannot serve from an offline bundle marked unusable and why."""
+    rungs = _ladder(model, profile)
+    if engine is not Engine.BUILTIN:
+        return rungs
+    return [
+        Rung(r.precision, False, _BUILTIN_LIMITS[r.precision])
+        if r.usable and r.precision in _BUILTIN_LIMITS
+        else r
+        for r in rungs
+    ]
+
+
+def _ladder(model: ModelSpec, profile: HardwareProfile) -> list[Rung]:
     """Precisions in order of preference for this model on this box, unusable ones included with why.
 
     GPU: the model's native precision, then bf16 (fp16 where the GPU lacks bf16), fp8 where the GPU has

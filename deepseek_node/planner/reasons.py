@@ -55,7 +55,7 @@ def hardware_reason(p: HardwareProfile) -> str:
 
 
 def precision_reasons(req: PlanRequest, cands: list[Candidate], chosen: Candidate) -> list[str]:
-    ladder = {r.precision: r for r in precision_ladder(req.model, req.profile)}
+    ladder = {r.precision: r for r in precision_ladder(req.model, req.profile, req.serving_engine)}
     reasons = []
     for c in cands:
         if c is chosen:

@@ -64,7 +64,7 @@ def _more_host_memory(req: PlanRequest) -> str:
         ram = (est.total + memory.CPU_OS_RESERVE_BYTES) / (1 - memory.CPU_MARGIN)
         return -(-ram // GIB)  # whole GiB, rounded up
 
-    first = precision_ladder(req.model, req.profile)[0].precision
+    first = precision_ladder(req.model, req.profile, req.serving_engine)[0].precision
     return (
         f"set deepseek_hardware_overrides: {{host_memory_gib: {needed(Precision.INT4):.0f}}} or more "
         f"(int4; {needed(first):.0f} for {first.value}) if the host has the RAM, or use a GPU profile"

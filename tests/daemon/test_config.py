@@ -169,7 +169,9 @@ def test_invalid_combinations_fail_clearly(kw: dict, gpus: list[GpuInfo], messag
 
 
 def test_quantization_libraries() -> None:
-    assert plan_load(_model(quantization="fp8"), [H100]).quant_library == "transformers-fp8"
+    assert plan_load(_model(quantization="fp8"), [H100], has_module=lambda n: True).quant_library == (
+        "transformers-fp8"
+    )
     assert (
         plan_load(_model(quantization="int8"), [], has_module=lambda n: n == "torchao").quant_library
         == "torchao"
@@ -184,14 +186,17 @@ def test_quantization_libraries() -> None:
 
 def test_native_fp8_checkpoint_loads_as_it_is() -> None:
     """DeepSeek-V3/R1 ship fp8: an fp8 plan on an fp8 checkpoint is the checkpoint's own precision."""
-    lp = plan_load(_model(quantization="fp8"), [H100], checkpoint_quant="fp8")
+    kernels = {"has_module": lambda n: n == "kernels"}  # a node where the fp8 kernel was staged
+    lp = plan_load(_model(quantization="fp8"), [H100], checkpoint_quant="fp8", **kernels)
     assert lp.quantization.value == "none" and lp.quant_library == "transformers-fp8"
     assert any("own precision" in n for n in lp.notes)
-    lp = plan_load(_model(quantization="none"), [H100], checkpoint_quant="fp8")
+    lp = plan_load(_model(quantization="none"), [H100], checkpoint_quant="fp8", **kernels)
     assert lp.quant_library == "transformers-fp8"
+    with pytest.raises(ConfigError, match="Hugging Face Hub"):  # the air-gapped default
+        plan_load(_model(quantization="fp8"), [H100], checkpoint_quant="fp8", has_module=lambda n: False)
     with pytest.raises(ConfigError, match="vLLM engine"):
         plan_load(_model(quantization="fp8", device="cpu"), [], checkpoint_quant="fp8")
     with pytest.raises(ConfigError, match="compute capability"):
-        plan_load(_model(quantization="fp8"), [A100], checkpoint_quant="fp8")
+        plan_load(_model(quantization="fp8"), [A100], checkpoint_quant="fp8", **kernels)
     with pytest.raises(ConfigError, match="plan asks for int4"):
         plan_load(_model(quantization="int4"), [H100], has_module=lambda n: True, checkpoint_quant="fp8")

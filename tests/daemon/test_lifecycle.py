@@ -207,6 +207,8 @@ def test_provision_serve_generates_a_key_and_serves(tiny_model_dir: Path, tmp_pa
             str(port),
             "--served-name",
             "tiny",
+            "--engine",
+            "builtin",  # the vLLM path of `serve` is in test_vllm_engine.py and the lab tests
         ],
         tmp_path,
     )

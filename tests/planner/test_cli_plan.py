@@ -185,10 +185,21 @@ def test_what_if_names_the_checkpoint_a_plan_needs() -> None:
 
 
 def test_engine_option(tmp_path: Path) -> None:
-    result = _run("--hardware", "h100-sxm-80g-x8", "--model", "deepseek-v3", "--engine", "builtin", "--json")
+    result = _run(
+        "--hardware",
+        "h100-sxm-80g-x8",
+        "--model",
+        "deepseek-r1-distill-llama-70b",
+        "--engine",
+        "builtin",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     p = json.loads(result.stdout)[0]
     assert (p["engine"], p["tp"], p["vllm"]) == ("builtin", 1, None)
+    # What the builtin engine cannot do offline (fp8 kernels from the Hub, bitsandbytes) it does not plan.
+    v3 = _run("--hardware", "h100-sxm-80g-x8", "--model", "deepseek-v3", "--engine", "builtin", "--json")
+    assert v3.exit_code == 1 and "serve fp8 with vLLM" in v3.stdout
     old = _write_inventory(
         tmp_path / "inv",
         "all:\n  children:\n    inference_nodes:\n      hosts:\n        p100-1:\n",

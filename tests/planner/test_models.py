@@ -127,7 +127,7 @@ def test_counts_match_the_real_module(fixture: str, request: pytest.FixtureReque
 def test_tiny_v3_model_is_analysed_as_mla_moe(tiny_model_dir: Path) -> None:
     spec = load_model_dir(tiny_model_dir)
     assert spec.attention is AttentionKind.MLA and spec.is_moe
-    assert spec.kv_elements_per_token_per_layer == 32 + 8  # kv_lora_rank + qk_rope_head_dim
+    assert spec.kv_elements_per_token_per_layer == 512 + 64  # kv_lora_rank + qk_rope_head_dim
     assert spec.max_context == 2048 and spec.source == str(tiny_model_dir)
 
 

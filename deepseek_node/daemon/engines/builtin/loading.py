@@ -208,6 +208,13 @@ def plan_load(
             raise ConfigError(
                 "fp8 weights: quantization fp8 computes in bfloat16: set dtype auto or bfloat16"
             )
+        if not has_module("kernels"):
+            # transformers runs block-fp8 through a kernel it fetches from the Hugging Face Hub on first use.
+            raise ConfigError(
+                "fp8 in the builtin engine needs transformers' fp8 kernel, which it fetches from the Hugging "
+                "Face Hub (the `kernels` package), and an air-gapped node cannot: serve this model with the "
+                "vLLM engine (deepseek_engine: vllm), which carries its own fp8 kernels"
+            )
         lib = "transformers-fp8"
     elif q in (Quantization.INT8, Quantization.INT4):
         if has_module("bitsandbytes"):
