@@ -30,8 +30,12 @@ PROMPTS = [
 
 
 def _engine(model_dir: Path, **engine: Any) -> BatchingEngine:
+    # float32 everywhere: the reference is float32 `generate`, and on a GPU `auto` would pick bfloat16.
     cfg = config_for(
-        model_dir, "k", engine={"max_running": 4, "max_queue": 16, "separate_process": False, **engine}
+        model_dir,
+        "k",
+        engine={"max_running": 4, "max_queue": 16, "separate_process": False, **engine},
+        model={"dtype": "float32"},
     )
     return build_engine(cfg, prepare(cfg))
 
