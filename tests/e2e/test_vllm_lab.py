@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -111,6 +112,25 @@ def test_engine_runs_unprivileged_on_loopback_without_its_key_in_argv(served: di
     assert lab.run(name, "stat -c '%a %U' /etc/deepseek-node/engine.env").stdout.split() == ["600", "root"]
     listen = lab.run(name, "ss -ltnH 'sport = :8000'").stdout
     assert "127.0.0.1:8000" in listen and "0.0.0.0:8000" not in listen
+
+
+def test_restarting_the_gateway_keeps_the_model_loaded(served: dict, lab) -> None:
+    """A renewed certificate restarts the gateway; the engine (and the loaded model) stays."""
+    _ok(served["first"])
+    name = served["host"].name
+    pid = lab.run(name, "systemctl show -p MainPID --value deepseek-node-engine").stdout.strip()
+    lab.run(name, "systemctl restart deepseek-node")
+    ep = endpoint_for(served["host"].address, served["inventory_dir"])
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            assert chat(ep, "Still there?", max_tokens=4).strip()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+    assert lab.run(name, "systemctl show -p MainPID --value deepseek-node-engine").stdout.strip() == pid
 
 
 def test_second_run_changes_nothing(served: dict, lab) -> None:
