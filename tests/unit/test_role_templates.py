@@ -62,6 +62,31 @@ def _daemon_vars(engine: str) -> dict[str, Any]:
     }
 
 
+_UNIT_COMMON: dict[str, Any] = {
+    "daemon_served_name": "deepseek-tiny",
+    "daemon_user": "deepseek",
+    "daemon_venv": "/opt/deepseek-node/venv",
+    "daemon_config_path": "/etc/deepseek-node/daemon.yaml",
+    "daemon_tls_key_source": "/etc/deepseek-node/tls/server.key",
+    "daemon_home": "/var/lib/deepseek-node",
+    "daemon_log_dir": "/var/log/deepseek-node",
+    "daemon_shutdown_grace_s": 30,
+    "daemon_engine_service": "deepseek-node-engine",
+    "daemon_engine_key_file": "/etc/deepseek-node/engine.env",
+}
+_ENGINE_COMMON: dict[str, Any] = {
+    "daemon_served_name": "deepseek-tiny",
+    "daemon_service": "deepseek-node",
+    "daemon_user": "deepseek",
+    "daemon_home": "/var/lib/deepseek-node",
+    "engine_env_file": "/etc/deepseek-node/engine.env",
+    "engine_env": {"VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"},
+    "engine_venv": "/opt/deepseek-node/vllm-venv",
+    "engine_module": "vllm.entrypoints.openai.api_server",
+    "engine_argv": ["--model", "/m"],
+}
+
+
 @pytest.mark.parametrize("engine", ["builtin", "vllm"])
 def test_daemon_config_passes_the_daemons_validation(engine: str) -> None:
     text = _env().get_template("daemon.yaml.j2").render(**_daemon_vars(engine))
@@ -99,22 +124,53 @@ def test_engine_unit_keeps_the_key_out_of_the_command_line() -> None:
     assert lines["CapabilityBoundingSet"] == "" and lines["ProtectSystem"] == "strict"
 
 
-def test_daemon_unit_wants_the_engine_and_gets_its_key_as_a_credential() -> None:
-    common = {
-        "daemon_served_name": "deepseek-tiny",
-        "daemon_user": "deepseek",
-        "daemon_venv": "/opt/deepseek-node/venv",
-        "daemon_config_path": "/etc/deepseek-node/daemon.yaml",
-        "daemon_tls_key_source": "/etc/deepseek-node/tls/server.key",
-        "daemon_home": "/var/lib/deepseek-node",
-        "daemon_log_dir": "/var/log/deepseek-node",
-        "daemon_shutdown_grace_s": 30,
-        "daemon_engine_service": "deepseek-node-engine",
-        "daemon_engine_key_file": "/etc/deepseek-node/engine.env",
+@pytest.mark.parametrize("gpu", [False, True])
+def test_units_are_sandboxed_to_an_exposure_of_at_most_2(gpu: bool, tmp_path) -> None:
+    """systemd's own score (systemd-analyze security, offline) for both units, CPU and GPU variants."""
+    import shutil
+    import subprocess
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    env = _env()
+    units = {
+        "deepseek-node.service": env.get_template("deepseek-node.service.j2").render(
+            daemon_engine="vllm", daemon_gpu=gpu, **_UNIT_COMMON
+        ),
+        "deepseek-node-engine.service": env.get_template("deepseek-node-engine.service.j2").render(
+            daemon_gpu=gpu, **_ENGINE_COMMON
+        ),
     }
+    for name, text in units.items():
+        path = tmp_path / name
+        path.write_text(text)
+        out = subprocess.run(
+            ["systemd-analyze", "security", "--offline=true", "--no-pager", str(path)],
+            capture_output=True,
+            text=True,
+        ).stdout
+        score = float(out.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0])
+        assert score <= 2.0, f"{name}: {score}\n{out}"
+        assert ("DeviceAllow=char-nvidia-uvm rw" in text) == gpu and ("PrivateDevices=yes" in text) != gpu
+
+
+def test_daemon_unit_wants_the_engine_and_gets_its_key_as_a_credential() -> None:
+    common = _UNIT_COMMON
     env = _env()
     vllm = env.get_template("deepseek-node.service.j2").render(daemon_engine="vllm", **common)
     assert "Wants=deepseek-node-engine.service" in vllm
     assert "LoadCredential=engine.key:/etc/deepseek-node/engine.env" in vllm
     builtin = env.get_template("deepseek-node.service.j2").render(daemon_engine="builtin", **common)
     assert "deepseek-node-engine" not in builtin
+
+
+def test_the_bundle_carries_what_vllm_hosts_install() -> None:
+    """The bundle's apt repository is built from `<role>_bundle_apt_packages`: what engine.yml installs on
+    vLLM hosts must be in it, or the install fails on an air-gapped host."""
+    defaults = yaml.safe_load((REPO / "roles/inference_daemon/defaults/main.yml").read_text())
+    carried = set(defaults["inference_daemon_bundle_apt_packages"])
+    vllm = (
+        defaults["inference_daemon_vllm_apt_packages"]
+        + defaults["inference_daemon_vllm_compiler_apt_packages"]
+    )
+    assert set(vllm) <= carried, sorted(set(vllm) - carried)
