@@ -31,6 +31,9 @@ __all__ = ["EngineUnavailable", "VllmEngine", "engine_series"]
 
 log = logging.getLogger("deepseek_node.engine.vllm")
 
+# Failures before any response byte: the request was not processed, so sending it once more is safe.
+_NOT_DELIVERED = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
 
 def engine_series(exposition: bytes) -> bytes:
     """Only the `vllm:` families of vLLM's /metrics, unrenamed, so existing vLLM dashboards and alerts
@@ -103,12 +106,14 @@ class VllmEngine(RelayEngine):
             except RuntimeError as exc:
                 self._fail(str(exc))
                 return
-        # No pool limit: admission bounds what is in flight; a pool limit would queue invisibly.
+        # No pool limit: admission bounds what is in flight; a pool limit would queue invisibly. Idle
+        # connections expire before vLLM's own 5 s keep-alive closes them, so a request is not sent on a
+        # socket the engine is closing; the pool is kept small because it is scanned on every request.
         self._client = httpx.AsyncClient(
             base_url=self._base_url,
             headers={"Authorization": f"Bearer {self._key}"},
             timeout=httpx.Timeout(None, connect=5.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=2.0),
         )
         self._watcher = asyncio.create_task(self._watch())
 
@@ -203,7 +208,11 @@ class VllmEngine(RelayEngine):
         )
         self._enter()
         try:
-            resp = await self._client.send(req, stream=True)
+            try:
+                resp = await self._client.send(req, stream=True)
+            except _NOT_DELIVERED:
+                # A pooled connection the engine closed at that moment: the request never reached it.
+                resp = await self._client.send(req, stream=True)
         except httpx.HTTPError as exc:
             self._exit()
             raise EngineUnavailable(f"the engine did not take the request: {type(exc).__name__}") from None
