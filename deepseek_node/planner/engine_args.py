@@ -222,6 +222,8 @@ def vllm_args(
     args += ["--enable-chunked-prefill", "--enable-prefix-caching"]
     # Prompts and their parameters stay out of the journal (vLLM's default, stated so it stays that way).
     args.append("--no-enable-log-requests")
+    # The gateway's audit log has one line per request; vLLM's access log would add one per health probe.
+    args.append("--disable-uvicorn-access-log")
     return args
 
 
