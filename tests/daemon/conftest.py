@@ -64,15 +64,20 @@ def tls_context(tls_files: tuple[Path, Path]) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(tls_files[0]))
 
 
-@pytest.fixture
-def client(daemon: ThreadedDaemon, tls_files: tuple[Path, Path]) -> openai.OpenAI:
-    """The official openai client on the HTTPS daemon."""
+def openai_client(daemon: ThreadedDaemon, tls_files: tuple[Path, Path], key: str = KEY) -> openai.OpenAI:
+    """The official openai client on an HTTPS daemon, trusting only the tests' certificate."""
     return openai.OpenAI(
         base_url=daemon.base_url + "/v1",
-        api_key=KEY,
+        api_key=key,
         http_client=httpx.Client(verify=tls_context(tls_files)),
         max_retries=0,
     )
+
+
+@pytest.fixture
+def client(daemon: ThreadedDaemon, tls_files: tuple[Path, Path]) -> openai.OpenAI:
+    """The official openai client on the HTTPS daemon."""
+    return openai_client(daemon, tls_files)
 
 
 @pytest.fixture

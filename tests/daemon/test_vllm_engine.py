@@ -18,7 +18,7 @@ import pytest
 
 from deepseek_node.daemon.testing import ThreadedDaemon, config_for
 from tests.conftest import REPO
-from tests.daemon.conftest import tls_context
+from tests.daemon.conftest import openai_client, tls_context
 
 pytestmark = pytest.mark.slow
 
@@ -73,12 +73,7 @@ def vllm_daemon(
 
 @pytest.fixture
 def client(vllm_daemon: ThreadedDaemon, tls_files: tuple[Path, Path]) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=vllm_daemon.base_url + "/v1",
-        api_key=KEY,
-        http_client=httpx.Client(verify=tls_context(tls_files)),
-        max_retries=0,
-    )
+    return openai_client(vllm_daemon, tls_files, KEY)
 
 
 MSG = [{"role": "user", "content": "Hello there"}]
