@@ -17,8 +17,9 @@ import pytest
 
 from deepseek_node.lab import Lab
 
-LAB_PREFIX = "dsnt"
-LAB_SUBNET = "10.78"
+# Overridable so that two test sessions on one machine boot separate labs.
+LAB_PREFIX = os.environ.get("DEEPSEEK_NODE_TEST_LAB_PREFIX", "dsnt")
+LAB_SUBNET = os.environ.get("DEEPSEEK_NODE_TEST_LAB_SUBNET", "10.78")
 LAB_HOSTS = 2
 
 

@@ -12,22 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from deepseek_node.demo import chat, endpoint_for, write_lab_group_vars
+from deepseek_node.demo import chat, endpoint_for
 from deepseek_node.runner import RunConfig, RunResult, run
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture(scope="module")
-def site(lab, bundle_dir: Path) -> dict:
-    """site.yml converged once on the first lab host (the second host stays bare for negative tests)."""
-    hosts = lab.up(count=2)
-    inventory_dir = lab.inventory_path.parent
-    write_lab_group_vars(inventory_dir, bundle_dir)
-    first = run(
-        RunConfig(inventory=lab.inventory_path, limit=hosts[0].name, artifacts_dir=inventory_dir / "runs")
-    )
-    return {"hosts": hosts, "inventory_dir": inventory_dir, "first": first}
 
 
 def _assert_ok(result: RunResult) -> None:
