@@ -123,10 +123,22 @@ def _prune_old_runs(base: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _rollout_vars(inventory: Path) -> dict[str, Any]:
+    """The inventory's deepseek_serial / deepseek_max_fail_percentage (play keywords cannot read them)."""
+    from deepseek_node.inventory import InventoryLoadError, load_inventory
+    from deepseek_node.rollout import RolloutError, rollout_extravars
+
+    try:
+        return rollout_extravars(load_inventory(inventory))
+    except (InventoryLoadError, RolloutError) as exc:
+        raise RunError(f"{inventory}: {exc}") from exc
+
+
 def run(cfg: RunConfig, on_event: EventHandler | None = None) -> RunResult:
     import ansible_runner
 
     validate(cfg)
+    extravars = {**_rollout_vars(cfg.inventory), **cfg.extravars}
     root = project_root()
     base = (cfg.artifacts_dir or root / "artifacts").resolve()
     # Run artifacts hold extra vars and full task results: keep them private to the operator.
@@ -178,7 +190,7 @@ def run(cfg: RunConfig, on_event: EventHandler | None = None) -> RunResult:
             inventory=str(cfg.inventory.resolve()),
             limit=cfg.limit,
             tags=",".join(cfg.tags) if cfg.tags else None,
-            extravars=cfg.extravars or None,
+            extravars=extravars or None,
             cmdline=" ".join(cmdline) or None,
             envvars=envvars,
             event_handler=handler,
