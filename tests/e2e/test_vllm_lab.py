@@ -112,6 +112,11 @@ def test_engine_runs_unprivileged_on_loopback_without_its_key_in_argv(served: di
     assert lab.run(name, "stat -c '%a %U' /etc/deepseek-node/engine.env").stdout.split() == ["600", "root"]
     listen = lab.run(name, "ss -ltnH 'sport = :8000'").stdout
     assert "127.0.0.1:8000" in listen and "0.0.0.0:8000" not in listen
+    for unit in ("deepseek-node-engine", "deepseek-node"):  # systemd's own score, with both serving
+        out = lab.run(name, f"systemd-analyze security --no-pager {unit}", check=False).stdout
+        score = float(out.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0])
+        print(f"{unit}: exposure {score}")
+        assert score <= 2.0, out
 
 
 def test_restarting_the_gateway_keeps_the_model_loaded(served: dict, lab) -> None:
