@@ -18,9 +18,11 @@ import yaml
 from deepseek_node import __version__
 from deepseek_node.bundle.apt import AptSource, PrivateApt, build_flat_repo
 from deepseek_node.bundle.manifest import MANIFEST, BundleError, write_manifest
+from deepseek_node.bundle.target import bundle_target
 from deepseek_node.bundle.wheels import (
     ENGINES,
     ENGINES_DIR,
+    SUITE_TARGETS,
     build_engine_wheelhouse,
     build_wheelhouse,
     engine_target,
@@ -187,7 +189,9 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
         progress(f"apt: {len(debs)} packages, signed flat repository")
 
         progress("wheels: project wheel and the daemon's dependencies")
-        requirement = build_wheelhouse(spec.project_root, staging / "wheels")
+        requirement = build_wheelhouse(
+            spec.project_root, staging / "wheels", target=SUITE_TARGETS.get(spec.apt_source.suite)
+        )
         engines = {
             name: build_engine_wheelhouse(
                 name, staging / ENGINES_DIR / name, spec.cache, engine_target(spec.apt_source.suite), progress
@@ -213,6 +217,7 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
                     "skipped_roles": sorted(spec.skip_roles),
                     "key": APT_KEY,
                 },
+                "target": bundle_target(spec.apt_source.suite, spec.apt_source.arch),
                 "wheels": {"requirement": requirement},
                 "engines": engines,
                 "model": {"name": spec.model_name, "path": f"models/{spec.model_name}"},

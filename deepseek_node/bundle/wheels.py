@@ -43,8 +43,11 @@ def _pip(args: list[str], what: str, hint: str = "") -> None:
         raise BundleError(f"{what} failed (exit {proc.returncode}):\n  " + "\n  ".join(tail) + fix)
 
 
-def build_wheelhouse(project_root: Path, dest: Path, extra: str = "daemon") -> str:
-    """Fill `dest` with wheels; returns the requirement string targets install."""
+def build_wheelhouse(
+    project_root: Path, dest: Path, extra: str = "daemon", target: Target | None = None
+) -> str:
+    """Fill `dest` with wheels for `target`'s Python (default: this interpreter's); returns the requirement
+    string targets install."""
     dest.mkdir(parents=True, exist_ok=True)
     _pip(
         ["wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest), str(project_root)],
@@ -59,6 +62,7 @@ def build_wheelhouse(project_root: Path, dest: Path, extra: str = "daemon") -> s
             [
                 "download", "--quiet", "--only-binary=:all:", "--dest", str(dest),
                 "--find-links", str(dest), "--constraint", constraints, requirement,
+                *(target.pip_args() if target and target.python_version != _running_python() else []),
             ],
             f"downloading wheels for {requirement}",
         )  # fmt: skip
@@ -66,6 +70,10 @@ def build_wheelhouse(project_root: Path, dest: Path, extra: str = "daemon") -> s
         Path(constraints).unlink(missing_ok=True)
     (dest / "requirements.txt").write_text(requirement + "\n")
     return requirement
+
+
+def _running_python() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 # --- engine wheelhouses ---------------------------------------------------------------------------------

@@ -30,7 +30,9 @@ def build(
         "http://deb.debian.org/debian", help="Debian mirror reachable from this side."
     ),
     security_mirror: str = typer.Option("http://deb.debian.org/debian-security"),
-    suite: str = typer.Option("bookworm", help="Debian suite of the targets."),
+    suite: str = typer.Option(
+        "bookworm", help="Release of the targets, as its apt suite: bookworm (Debian 12), trixie (Debian 13)."
+    ),
     apt_package: list[str] = typer.Option(
         [], "--apt-package", help="Extra Debian package to include (repeat)."
     ),
@@ -50,10 +52,13 @@ def build(
     from deepseek_node.bundle.apt import AptSource
     from deepseek_node.bundle.build import BundleSpec, build_bundle
     from deepseek_node.bundle.manifest import BundleError
+    from deepseek_node.bundle.target import SUITES
     from deepseek_node.bundle.wheels import engine_target, parse_engines
     from deepseek_node.gpu import GPU_ROLES
     from deepseek_node.paths import cache_dir, project_root
 
+    if suite not in SUITES:
+        fail(f"--suite {suite!r} is not a release bundles are built for: choose from {', '.join(SUITES)}")
     try:
         engines = parse_engines(engine)
         if engines:
