@@ -40,7 +40,7 @@ def _secrets(site: dict, lab) -> dict[str, list[str]]:
     for extra in sorted((inv / "secrets").rglob("*")):  # e.g. disk-encryption keys escrowed per host
         if extra.is_file() and extra.name != "api_key" and extra.stat().st_size < 4096:
             text = extra.read_text(errors="replace").strip()
-            if text and not text.startswith("$ANSIBLE_VAULT"):
+            if text and text.isprintable() and not text.startswith("$ANSIBLE_VAULT"):
                 needles[f"secrets/{extra.relative_to(inv / 'secrets')}"] = [text]
     assert all(n for ns in needles.values() for n in ns)
     return needles
