@@ -31,6 +31,7 @@ def space_needs(
         return sum(int(e.get("size", 0)) for rel, e in files.items() if rel.startswith(prefix))
 
     total = sum(int(e.get("size", 0)) for e in files.values())
+    staging = f"{bundle_dest.rstrip('/').rsplit('/', 1)[0] or '/'}/.staging"
     return [
         {"what": "the offline bundle", "path": bundle_dest, "bytes": total},
         {
@@ -39,6 +40,13 @@ def space_needs(
             "bytes": size(model_prefix),
         },
         {"what": "the daemon's virtualenv", "path": venv_dir, "bytes": size("wheels/") * venv_expansion},
+        # The repository and wheelhouse travel as one archive, staged beside the bundle while it is unpacked.
+        {
+            "what": "the transfer archive",
+            "path": staging,
+            "bytes": total - size(model_prefix),
+            "unless_present": "the offline bundle",
+        },
     ]
 
 
@@ -49,7 +57,12 @@ def space_problems(measured: list[dict[str, Any]], margin_bytes: int) -> list[st
     What a destination already holds (a previous run) is not needed again.
     """
     by_device: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    by_what = {row.get("what"): row for row in measured}
     for row in measured:
+        # Transient room is needed only when what it serves is not in place yet.
+        done = by_what.get(row.get("unless_present")) or {}
+        if done and int(done.get("present_bytes") or 0) >= int(done.get("bytes") or 0):
+            continue
         by_device[row.get("device")].append(row)
     problems = []
     for rows in by_device.values():

@@ -8,6 +8,7 @@ full install closure for an empty system and downloads exactly that.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -21,12 +22,62 @@ COMPONENTS = "main contrib non-free non-free-firmware"
 SIGNING_UID = "deepseek-node offline archive <offline-archive@deepseek-node.invalid>"
 
 
+_DEB_LINE = re.compile(
+    r"^deb\s+\[(?P<options>[^\]]*)\]\s+(?P<uri>\S+)\s+(?P<suite>\S+)(?P<components>(?:\s+\S+)*)\s*$"
+)
+
+
+@dataclass(frozen=True)
+class ExtraSource:
+    """A signed apt repository besides Debian's, e.g. a connected-side mirror of NVIDIA's CUDA repository."""
+
+    uri: str
+    suite: str
+    components: tuple[str, ...]
+    keyring: Path
+
+    def line(self, arch: str) -> str:
+        return " ".join(
+            ["deb", f"[arch={arch} signed-by={self.keyring}]", self.uri, self.suite, *self.components]
+        )
+
+
+def parse_extra_source(line: str) -> ExtraSource:
+    """A one-line `deb [signed-by=KEYRING] URI SUITE [COMPONENT...]` entry; BundleError naming the fix."""
+    example = "deb [signed-by=/etc/keys/nvidia.gpg] https://mirror.example/nvidia/debian12/x86_64/ /"
+    m = _DEB_LINE.match(line.strip())
+    if not m:
+        raise BundleError(f"--apt-source {line!r} is not a one-line apt source: give e.g. {example!r}")
+    options = dict(o.split("=", 1) if "=" in o else (o, "") for o in m["options"].split())
+    if options.get("trusted", "").lower() in ("yes", "true"):
+        raise BundleError(
+            f"--apt-source {line!r}: trusted=yes turns signature checks off; give its signed-by keyring"
+        )
+    keyring = options.get("signed-by")
+    if not keyring:
+        raise BundleError(
+            f"--apt-source {line!r} has no signed-by=KEYRING: every source must be signed ({example!r})"
+        )
+    path = Path(keyring)
+    if not path.is_file():
+        raise BundleError(
+            f"--apt-source {line!r}: keyring {keyring} does not exist: give the repository's key file"
+        )
+    components = tuple(m["components"].split())
+    if not m["suite"].endswith("/") and not components:
+        raise BundleError(
+            f"--apt-source {line!r}: a suite needs components (a flat repository's suite ends in '/')"
+        )
+    return ExtraSource(m["uri"], m["suite"], components, path.resolve())
+
+
 @dataclass(frozen=True)
 class AptSource:
     mirror: str = "http://deb.debian.org/debian"
     security_mirror: str = "http://deb.debian.org/debian-security"
     suite: str = "bookworm"
     arch: str = "amd64"
+    extra: tuple[ExtraSource, ...] = ()
 
     def sources_list(self) -> str:
         signed = f"[arch={self.arch} signed-by={DEBIAN_KEYRING}]"
@@ -34,7 +85,7 @@ class AptSource:
             f"deb {signed} {self.mirror} {self.suite} {COMPONENTS}\n"
             f"deb {signed} {self.mirror} {self.suite}-updates {COMPONENTS}\n"
             f"deb {signed} {self.security_mirror} {self.suite}-security {COMPONENTS}\n"
-        )
+        ) + "".join(e.line(self.arch) + "\n" for e in self.extra)
 
 
 def _run(argv: Sequence[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:

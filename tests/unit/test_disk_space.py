@@ -34,7 +34,7 @@ def test_needs_come_from_the_manifest() -> None:
     assert by_what["the daemon's virtualenv"]["bytes"] == 6 * GIB  # wheels expand about 3x
 
 
-def _rows(free: int, present: int = 0, devices: tuple[int, int, int] = (1, 1, 1)) -> list[dict]:
+def _rows(free: int, present: int = 0, devices: tuple[int, ...] = (1, 1, 1, 1)) -> list[dict]:
     return [
         {**n, "device": d, "measured_at": "/", "free_bytes": free, "present_bytes": present if i == 1 else 0}
         for i, (n, d) in enumerate(zip(_needs(), devices, strict=True))
@@ -42,7 +42,7 @@ def _rows(free: int, present: int = 0, devices: tuple[int, int, int] = (1, 1, 1)
 
 
 def test_one_filesystem_must_hold_everything_plus_the_margin() -> None:
-    total = 13 * GIB + 1024 + 10 * GIB + 1024 + 6 * GIB
+    total = 13 * GIB + 1024 + 10 * GIB + 1024 + 6 * GIB + 3 * GIB  # + the transfer archive
     assert space_problems(_rows(total + 2 * GIB), 2 * GIB) == []
     (problem,) = space_problems(_rows(total + GIB), 2 * GIB)
     assert "the model (/var/lib/models/m" in problem and "preflight_min_free_gib" in problem
@@ -50,16 +50,29 @@ def test_one_filesystem_must_hold_everything_plus_the_margin() -> None:
 
 
 def test_what_a_previous_run_left_is_not_needed_again() -> None:
-    total = 13 * GIB + 1024 + 6 * GIB  # the model is already there in full
+    total = 13 * GIB + 1024 + 6 * GIB + 3 * GIB  # the model is already there in full
     assert space_problems(_rows(total + 2 * GIB, present=10 * GIB + 1024), 2 * GIB) == []
 
 
 def test_separate_filesystems_are_judged_separately() -> None:
-    rows = _rows(8 * GIB, devices=(1, 2, 3))
+    rows = _rows(8 * GIB, devices=(1, 2, 3, 1))
     rows[0]["free_bytes"] = 100 * GIB  # the bundle's disk is big; the model's 8 GiB disk is not
     problems = space_problems(rows, 2 * GIB)
     assert len(problems) == 1 and "the model" in problems[0]  # the venv's 6 GiB + 2 GiB margin just fit
     assert not any("the offline bundle" in p for p in problems)
+
+
+def test_the_transfer_archive_needs_room_beside_the_bundle_until_the_bundle_is_there() -> None:
+    by_what = {n["what"]: n for n in _needs()}
+    assert by_what["the transfer archive"]["path"] == "/srv/.staging"
+    assert by_what["the transfer archive"]["bytes"] == 3 * GIB  # the repository and wheels, not the model
+    rows = _rows(13 * GIB + 1024 + 3 * GIB + 2 * GIB, devices=(1, 2, 3, 1))
+    rows[1]["free_bytes"] = rows[2]["free_bytes"] = 100 * GIB
+    assert space_problems(rows, 2 * GIB) == []
+    rows[0]["free_bytes"] -= GIB
+    assert "the transfer archive" in space_problems(rows, 2 * GIB)[0]
+    rows[0]["present_bytes"] = rows[0]["bytes"]  # the bundle is in place: no transfer, no archive
+    assert space_problems(rows, 2 * GIB) == []
 
 
 def test_unmeasurable_space_is_a_problem_not_a_pass() -> None:
