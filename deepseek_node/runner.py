@@ -13,9 +13,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from deepseek_node import history
 from deepseek_node.paths import project_root
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -38,6 +40,8 @@ class RunConfig:
     extravars: dict[str, Any] = field(default_factory=dict)
     artifacts_dir: Path | None = None
     verbosity: int = 0
+    # Runs kept under the artifacts directory (never fewer); None: DEEPSEEK_NODE_KEEP_RUNS, else 50.
+    keep_runs: int | None = None
 
 
 @dataclass
@@ -74,6 +78,10 @@ class RunResult:
 
 def validate(cfg: RunConfig) -> None:
     """Bad input fails here, before ansible starts."""
+    try:
+        history.keep_runs(cfg.keep_runs)
+    except history.HistoryError as exc:
+        raise RunError(str(exc)) from None
     if not cfg.inventory.exists():
         raise RunError(
             f"inventory {cfg.inventory} does not exist: pass -i with a hosts file or inventory directory"
@@ -148,7 +156,9 @@ def run(cfg: RunConfig, on_event: EventHandler | None = None) -> RunResult:
     # shared one would silently carry a previous run's --check or extra vars into this one.
     artifacts = base / (time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}")
     artifacts.mkdir(mode=0o700)
-    _prune_old_runs(base, keep=50)
+    _prune_old_runs(base, keep=history.keep_runs(cfg.keep_runs))
+    recorder = history.SummaryRecorder()
+    started_at = datetime.now(UTC)
     # ansible-playbook must be the one beside this interpreter (the venv), not whatever PATH finds first.
     bindir = str(Path(sys.executable).parent)
     envvars = {
@@ -175,6 +185,7 @@ def run(cfg: RunConfig, on_event: EventHandler | None = None) -> RunResult:
             failures.append(line)
         if event.get("event") == "playbook_on_stats":
             hosts = stats_from_event(event.get("event_data", {}))
+        recorder(event)
         if on_event:
             on_event(event)
         return True
@@ -201,7 +212,7 @@ def run(cfg: RunConfig, on_event: EventHandler | None = None) -> RunResult:
         os.environ["PATH"] = old_path
     if r.rc == 0 and not hosts:
         failures.append("no hosts matched: check the inventory's inference_nodes group and --limit")
-    return RunResult(
+    result = RunResult(
         status=r.status,
         rc=r.rc,
         hosts=hosts,
@@ -209,3 +220,12 @@ def run(cfg: RunConfig, on_event: EventHandler | None = None) -> RunResult:
         seconds=time.monotonic() - started,
         failures=failures,
     )
+    # The audit trail: who ran what, where, and what changed (`provision history`).
+    summary = history.build_summary(
+        run_id=artifacts.name, cfg=cfg, recorder=recorder, result=result, started_at=started_at
+    )
+    try:
+        history.write_summary(artifacts, summary)
+    except OSError as exc:
+        result.failures.append(f"the run's summary could not be written to {artifacts}: {exc}")
+    return result

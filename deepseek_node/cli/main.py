@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from deepseek_node.cli import bundle, check, demo, lab, model, plan, run, serve
+from deepseek_node.cli import bundle, check, demo, doctor, history, lab, model, plan, run, serve
 from deepseek_node.cli.errors import fail
 
 app = typer.Typer(
@@ -17,11 +17,13 @@ app = typer.Typer(
 app.add_typer(lab.app, name="lab")
 app.add_typer(bundle.app, name="bundle")
 app.add_typer(model.app, name="model")
+app.add_typer(history.app, name="history")
 run.register(app)
 serve.register(app)
 plan.register(app)
 demo.register(app)
 check.register(app)
+doctor.register(app)
 
 
 def main() -> None:
