@@ -32,14 +32,16 @@ from deepseek_node.planner import (
     resolve_model,
     resolve_profile,
 )
-from deepseek_node.planner.hardware import OVERRIDES_KEY, PROFILE_KEY
+from deepseek_node.planner.hardware import NETWORK_KEY, OVERRIDES_KEY, PROFILE_KEY, apply_network
 from deepseek_node.planner.models import MODEL_DIR_KEY, MODEL_KEY
 
 GROUP = "inference_nodes"
 GOAL_KEY = "deepseek_serving_goal"
 MAX_CONTEXT_KEY = "deepseek_max_context"
 ENGINE_KEY = "deepseek_engine"
-PLANNER_KEYS = (PROFILE_KEY, OVERRIDES_KEY, MODEL_KEY, MODEL_DIR_KEY, GOAL_KEY, MAX_CONTEXT_KEY, ENGINE_KEY)
+PLANNER_KEYS = (
+    PROFILE_KEY, OVERRIDES_KEY, MODEL_KEY, MODEL_DIR_KEY, GOAL_KEY, MAX_CONTEXT_KEY, ENGINE_KEY, NETWORK_KEY,
+)  # fmt: skip
 _OMIT_PREFIX = "__omit_place_holder__"  # what Ansible's `omit` renders to
 
 
@@ -150,7 +152,9 @@ def host_settings(host: str, hostvars: Mapping[str, Any], **overrides: Any) -> H
         raise PlannerInputError(problems, host)
     results: dict[str, Any] = {}
     steps = {
-        "profile": lambda: resolve_profile(values[PROFILE_KEY], values[OVERRIDES_KEY]),
+        "profile": lambda: apply_network(
+            resolve_profile(values[PROFILE_KEY], values[OVERRIDES_KEY]), values[NETWORK_KEY]
+        ),
         "model": lambda: resolve_model(values[MODEL_KEY], values[MODEL_DIR_KEY]),
         "goal": lambda: _goal(values[GOAL_KEY]),
         "max_context": lambda: _max_context(values[MAX_CONTEXT_KEY]),
@@ -213,6 +217,10 @@ def validate_inventory(
             problems += [(host, p) for p in exc.problems]
     if problems:
         raise InventoryError(problems)
+    # Serving groups (children of `serving_groups`) are refused here too, before anything is planned.
+    from deepseek_node.serving_groups import find_serving_groups
+
+    find_serving_groups(inventory, settings, group)
     return settings
 
 

@@ -35,6 +35,8 @@ from deepseek_node.planner import (
     resolve_model,
     resolve_profile,
 )
+from deepseek_node.planner.group import GroupPlan, GroupRequest, plan_group
+from deepseek_node.serving_groups import ServingGroup, find_serving_groups
 
 # The preview's model path and port: the role's default models directory and vLLM's own default port (the
 # role renders the real ones through the `deepseek_vllm_args` filter).
@@ -80,6 +82,12 @@ def plan_command(
     group: str = typer.Option(
         "inference_nodes", "--group", help="Inventory group holding the inference nodes."
     ),
+    servers: int | None = typer.Option(
+        None,
+        "--servers",
+        min=2,
+        help="With --hardware: plan a serving group of this many servers (vLLM multi-node).",
+    ),
     list_profiles: bool = typer.Option(
         False, "--list-profiles", help="List every candidate (precision x TP x PP) per hardware profile."
     ),
@@ -111,14 +119,22 @@ def plan_command(
         except PlannerInputError as exc:
             fail(_cli_words(str(exc)))
     overrides = {"model": model, "model_dir": str(model_dir) if model_dir else None}
+    if servers is not None and not hardware:
+        fail(
+            "--servers plans a what-if group with --hardware; an inventory's groups come from serving_groups"
+        )
+    groups: list[tuple[GroupPlan, ServingGroup | None]] = []
     try:
         if list_profiles:
             _list_profiles(overrides, hardware, goal, max_context, engine or Engine.AUTO, as_json)
             return
-        if hardware:
+        if hardware and servers:
+            plans = []
+            groups = [(_plan_hardware_group(hardware, servers, overrides, goal, max_context, engine), None)]
+        elif hardware:
             plans = [_plan_hardware(hardware, overrides, goal, max_context, engine)]
         elif inventory:
-            plans = _plan_inventory(inventory, group, overrides, goal, max_context, engine)
+            plans, groups = _plan_inventory(inventory, group, overrides, goal, max_context, engine)
         else:
             fail(
                 "give an inventory with -i INVENTORY, or --hardware PROFILE with --model, or a --list-* option"
@@ -126,10 +142,15 @@ def plan_command(
     except EngineUnavailableError as exc:
         fail(f"--engine: {exc}")
     if as_json:
-        typer.echo(json.dumps([{**p.to_dict(), "vllm": _vllm_preview(p)} for p in plans], indent=2))
+        entries = [{**p.to_dict(), "vllm": _vllm_preview(p)} for p in plans]
+        entries += [entry for g, sg in groups for entry in _group_entries(g, sg)]
+        typer.echo(json.dumps(entries, indent=2))
     else:
-        _print_plans(plans)
-    if any(not p.fits for p in plans):
+        if plans:
+            _print_plans(plans)
+        if groups:
+            _print_groups(groups)
+    if any(not p.fits for p in plans) or any(not g.fits for g, _ in groups):
         raise typer.Exit(1)
 
 
@@ -157,6 +178,25 @@ def _plan_hardware(
     )
 
 
+def _plan_hardware_group(
+    name: str,
+    servers: int,
+    overrides: dict[str, Any],
+    goal: Goal | None,
+    max_context: int | None,
+    engine: Engine | None,
+) -> GroupPlan:
+    try:
+        profile = resolve_profile(name)
+        spec = resolve_model(overrides["model"], overrides["model_dir"])
+        req = GroupRequest(
+            spec, profile, servers, goal or Goal.THROUGHPUT, max_context, engine=engine or Engine.AUTO
+        )
+        return plan_group(req)
+    except PlannerInputError as exc:
+        fail(_cli_words(str(exc)))
+
+
 def _plan_inventory(
     inventory: Path,
     group: str,
@@ -164,7 +204,8 @@ def _plan_inventory(
     goal: Goal | None,
     max_context: int | None,
     engine: Engine | None,
-) -> list[Plan]:
+) -> tuple[list[Plan], list[tuple[GroupPlan, ServingGroup | None]]]:
+    """Plans of the plain inference nodes, and of each serving group (whose members it replaces)."""
     from deepseek_node.inventory import InventoryError, InventoryLoadError, load_inventory, validate_inventory
 
     try:
@@ -175,9 +216,11 @@ def _plan_inventory(
         settings = validate_inventory(
             data, group, goal=goal, max_context=max_context, engine=engine, **overrides
         )
+        serving = find_serving_groups(data, settings, group)
     except InventoryError as exc:
         fail(f"{inventory} is not valid for planning (nothing was changed):\n{exc}")
-    return [s.plan() for s in settings]
+    members = {h for g in serving for h in g.hosts}
+    return [s.plan() for s in settings if s.host not in members], [(g.plan(), g) for g in serving]
 
 
 def _vllm_preview(p: Plan) -> dict[str, Any] | None:
@@ -204,6 +247,94 @@ def _vllm_preview(p: Plan) -> dict[str, Any] | None:
             "problem": engine_args.check_checkpoint(p, p.model.quant_method),
         },
     }
+
+
+def _rank_commands(g: GroupPlan, sg: ServingGroup | None) -> list[engine_args.RankCommand]:
+    """Every rank's vLLM command line; a what-if group gets HEAD_ADDR for the head's address."""
+    quant = engine_args.preview_checkpoint(g.plan)
+    return engine_args.group_vllm_args(
+        g,
+        model_path=f"{PREVIEW_MODELS_DIR}/{g.plan.model.name}",
+        served_name=g.plan.model.name,
+        port=PREVIEW_VLLM_PORT,
+        master_addr=sg.master_addr if sg else "HEAD_ADDR",
+        master_port=sg.master_port if sg else engine_args.DEFAULT_MASTER_PORT,
+        checkpoint_quant=quant,
+    )
+
+
+def _group_entries(g: GroupPlan, sg: ServingGroup | None) -> list[dict[str, Any]]:
+    """One JSON entry per member (head first): the group's plan and that member's own command line."""
+    base = g.to_dict()
+    if not g.fits:
+        return [{**base, "host": g.head, "vllm": None}]
+    p = g.plan
+    need = engine_args.checkpoint_need(p)
+    checkpoint = {
+        "needs": need.text,
+        "formats": [f or "unquantized" for f in need.formats],
+        "problem": engine_args.check_checkpoint(p, p.model.quant_method),
+    }
+    ranks = _rank_commands(g, sg)
+    return [
+        {
+            **base,
+            "host": r.host,
+            "rank": r.rank,
+            "role": r.role,
+            "vllm": {"module": r.module, "argv": r.argv, "env": r.env, "checkpoint": checkpoint},
+            "ranks": [c.to_dict() for c in ranks],
+        }
+        for r in ranks
+    ]
+
+
+def _print_groups(groups: list[tuple[GroupPlan, ServingGroup | None]]) -> None:
+    console = _console()
+    table = Table(title="Serving groups (vLLM multi-node)", title_justify="left")
+    for column in ("group", "head", "workers", "profile", "model", "precision", "TP x PP", "max context",
+                   "max seqs", "memory/GPU", "network", "fit"):  # fmt: skip
+        table.add_column(column, justify="right" if column.startswith(("max", "memory")) else "left")
+    for g, _ in groups:
+        p = g.plan
+        h = g.handoff
+        network = f"{p.profile.network_gbps:g} Gb/s"
+        if h is not None:
+            network += f", {h.hop_seconds * 1000:.1f} ms/hop" + (" [red](too slow)[/]" if h.too_slow else "")
+        table.add_row(
+            g.name or "-",
+            g.head or "-",
+            ", ".join(g.workers) or f"{g.servers - 1} more",
+            p.profile.label,
+            p.model.name,
+            p.precision.value if p.precision else "-",
+            f"{p.tp} x {p.pp}" if p.fits else "-",
+            str(p.max_context) if p.fits else "-",
+            str(p.max_running) if p.fits else "-",
+            f"{p.expected_gpu_memory_gib:.1f} GiB" if p.memory else "-",
+            network,
+            f"[{_FIT_STYLE[p.fit]}]{p.fit.value}[/]",
+        )
+    console.print(table)
+    for g, sg in groups:
+        console.print(f"\n[bold]{g.summary()}[/]", highlight=False)
+        for reason in g.reasons:
+            console.print(f"  - {reason}", highlight=False)
+        if not g.fits:
+            if g.plan.suggestion:
+                console.print(f"  [bold]would fit:[/] {g.plan.suggestion}", highlight=False)
+            continue
+        for r in _rank_commands(g, sg):
+            env = [f"{k}={v}" for k, v in r.env.items()]
+            command = shlex.join(["env", *env, "python", "-m", r.module, *r.argv])
+            console.print(
+                f"  [bold]vllm rank {r.rank} ({r.role}, {r.host}):[/] {command}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        problem = engine_args.check_checkpoint(g.plan, g.plan.model.quant_method)
+        if problem:
+            console.print(f"  [bold]checkpoint:[/] {problem}", highlight=False)
 
 
 def _print_plans(plans: list[Plan]) -> None:
@@ -304,7 +435,17 @@ def _print_hardware(as_json: bool) -> None:
         return
     console = _console()
     table = Table(title="Hardware profiles (override fields per host with deepseek_hardware_overrides)")
-    for column in ("name", "GPUs", "GiB/GPU", "cc", "bf16", "fp8", "interconnect", "NVLink domain"):
+    for column in (
+        "name",
+        "GPUs",
+        "GiB/GPU",
+        "cc",
+        "bf16",
+        "fp8",
+        "interconnect",
+        "NVLink domain",
+        "network Gb/s",
+    ):
         table.add_column(column)
     for p in HARDWARE_PROFILES.values():
         gpus = f"{p.gpu_count}x {p.gpu_name}" if p.gpu_count else f"none ({p.host_memory_gib:g} GiB RAM)"
@@ -317,6 +458,7 @@ def _print_hardware(as_json: bool) -> None:
             "yes" if p.fp8 else "no",
             p.interconnect.value,
             str(p.nvlink_domain) if p.gpu_count else "-",
+            f"{p.network_gbps:g}" if p.gpu_count else "-",
         )
     console.print(table)
 

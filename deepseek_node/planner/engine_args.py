@@ -15,14 +15,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from deepseek_node.planner import memory
 from deepseek_node.planner.enums import Device, Engine, Precision
 from deepseek_node.planner.memory import GIB
 from deepseek_node.planner.plan import NoFitError, Plan
 
+if TYPE_CHECKING:
+    from deepseek_node.planner.group import GroupPlan
+
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+# `vllm serve`: the headless ranks of a serving group start through it (the api_server module above parses
+# --headless but starts an API server regardless).
+VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MASTER_PORT = 29501  # vLLM's own default for --master-port
 # Quantizing an unquantized checkpoint to fp8 while loading: 128x128 blocks with one fp32 scale each, the
 # format DeepSeek publishes V3/R1 in and the one `memory.LINEAR_BYTES` sizes fp8 plans for.
 ONLINE_FP8 = "fp8_per_block"
@@ -30,6 +38,33 @@ ONLINE_FP8 = "fp8_per_block"
 
 class CheckpointMismatchError(ValueError):
     """The model directory's checkpoint cannot be served as the plan says."""
+
+
+@dataclass(frozen=True)
+class MultiNode:
+    """One rank of a serving group in vLLM 0.32's multiprocessing multi-node mode: every server runs one
+    vLLM with the same engine arguments plus these; rank 0 (the head) serves the API and drives the engine,
+    the others (`--headless`) only host its workers. `master_addr` is the head's address the others reach."""
+
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int = DEFAULT_MASTER_PORT
+
+    @property
+    def headless(self) -> bool:
+        return self.node_rank > 0
+
+    def check(self, plan: Plan) -> None:
+        world = plan.tp * plan.pp
+        if self.nnodes < 2 or world % self.nnodes:
+            raise ValueError(f"{self.nnodes} nodes do not evenly divide tp{plan.tp} x pp{plan.pp}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node rank {self.node_rank} is not between 0 and {self.nnodes - 1}")
+        if not self.master_addr or self.master_addr.startswith("-"):
+            raise ValueError(f"{self.master_addr!r} is not the head's address")
+        if not 0 < self.master_port < 65536:
+            raise ValueError(f"master port {self.master_port} is not a TCP port")
 
 
 @dataclass(frozen=True)
@@ -173,8 +208,13 @@ def vllm_args(
     port: int,
     host: str = DEFAULT_HOST,
     checkpoint_quant: str | None = None,
+    multi_node: MultiNode | None = None,
 ) -> list[str]:
     """The argv after `python -m vllm.entrypoints.openai.api_server` that serves `plan`.
+
+    `multi_node` makes it one rank of a serving group: the head's argv (same module) gains the multi-node
+    flags; a headless rank's leaves out what only an API server uses (host, port, access log), and
+    `group_vllm_args` turns it into `vllm serve MODEL ...` (`python -m VLLM_CLI_MODULE`).
 
     `checkpoint_quant` is the model directory's config.json `quantization_config.quant_method` (None:
     unquantized); pass `plan.model.quant_method` for the checkpoint the plan was made from. Raises
@@ -196,14 +236,22 @@ def vllm_args(
     if problem:
         raise CheckpointMismatchError(problem)
     gpu = plan.device is Device.CUDA
-    args = [
-        "--model", model_path,
-        "--served-model-name", served_name,
-        "--host", host,
-        "--port", str(port),
-        "--tensor-parallel-size", str(plan.tp),
-        "--pipeline-parallel-size", str(plan.pp),
-    ]  # fmt: skip
+    headless = multi_node is not None and multi_node.headless
+    args = ["--model", model_path, "--served-model-name", served_name]
+    if not headless:
+        args += ["--host", host, "--port", str(port)]
+    args += ["--tensor-parallel-size", str(plan.tp), "--pipeline-parallel-size", str(plan.pp)]
+    if multi_node is not None:
+        multi_node.check(plan)
+        args += [
+            "--distributed-executor-backend", "mp",
+            "--nnodes", str(multi_node.nnodes),
+            "--node-rank", str(multi_node.node_rank),
+            "--master-addr", multi_node.master_addr,
+            "--master-port", str(multi_node.master_port),
+        ]  # fmt: skip
+        if headless:
+            args.append("--headless")
     if expert_parallel(plan):
         args.append("--enable-expert-parallel")
     args += ["--dtype", plan.dtype]
@@ -223,8 +271,59 @@ def vllm_args(
     # Prompts and their parameters stay out of the journal (vLLM's default, stated so it stays that way).
     args.append("--no-enable-log-requests")
     # The gateway's audit log has one line per request; vLLM's access log would add one per health probe.
-    args.append("--disable-uvicorn-access-log")
+    if not headless:
+        args.append("--disable-uvicorn-access-log")
     return args
+
+
+@dataclass(frozen=True)
+class RankCommand:
+    """How one server of a serving group starts vLLM: `python -m MODULE ARGV...` with `env`."""
+
+    rank: int
+    host: str
+    role: str  # "head" or "worker"
+    module: str
+    argv: list[str]
+    env: dict[str, str]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "rank": self.rank, "host": self.host, "role": self.role, "module": self.module,
+            "argv": list(self.argv), "env": dict(self.env),
+        }  # fmt: skip
+
+
+def group_vllm_args(
+    group: GroupPlan,
+    *,
+    model_path: str,
+    served_name: str,
+    port: int,
+    master_addr: str,
+    master_port: int = DEFAULT_MASTER_PORT,
+    host: str = DEFAULT_HOST,
+    checkpoint_quant: str | None = None,
+) -> list[RankCommand]:
+    """Every rank's command line for a serving group's plan, head (rank 0) first, in `group.hosts` order
+    (ranks are named rank-N where the plan has no hosts)."""
+    hosts = list(group.hosts) or [f"rank-{k}" for k in range(group.servers)]
+    if len(hosts) != group.servers:
+        raise ValueError(f"{len(hosts)} hosts for a group of {group.servers} servers")
+    commands = []
+    for rank, name in enumerate(hosts):
+        node = MultiNode(group.servers, rank, master_addr, master_port)
+        argv = vllm_args(
+            group.plan, model_path=model_path, served_name=served_name, port=port, host=host,
+            checkpoint_quant=checkpoint_quant, multi_node=node,
+        )  # fmt: skip
+        module, role = (VLLM_CLI_MODULE, "worker") if node.headless else (VLLM_MODULE, "head")
+        if node.headless:
+            # `vllm serve` takes the model as its positional argument (--model there is deprecated).
+            at = argv.index("--model")
+            argv = ["serve", argv[at + 1], *argv[:at], *argv[at + 2 :]]
+        commands.append(RankCommand(rank, name, role, module, argv, vllm_env(group.plan)))
+    return commands
 
 
 def vllm_env(plan: Plan) -> dict[str, str]:

@@ -20,6 +20,11 @@ from deepseek_node.planner.problems import PlannerInputError, Problem
 PROFILE_KEY = "deepseek_hardware_profile"
 OVERRIDES_KEY = "deepseek_hardware_overrides"
 
+# Bandwidth between servers, for serving groups (pipeline stages on several servers): HGX servers ship with
+# 100 Gb/s or faster NICs, PCIe servers commonly with 25 Gb/s. `deepseek_network_gbps` sets a site's own.
+HGX_NETWORK_GBPS = 100.0
+DEFAULT_NETWORK_GBPS = 25.0
+
 # Native fp8 tensor cores arrived with Ada (8.9) and Hopper (9.0); bf16 with Ampere (8.0).
 FP8_MIN_CC = (8, 9)
 BF16_MIN_CC = (8, 0)
@@ -37,6 +42,7 @@ class HardwareProfile:
     interconnect: Interconnect
     nvlink_domain: int  # GPUs that share one NVLink/NVSwitch domain (1: PCIe only)
     host_memory_gib: float  # planned against only on CPU-only hosts
+    network_gbps: float = DEFAULT_NETWORK_GBPS  # between servers; planned against only for serving groups
     description: str = ""
     overridden: tuple[str, ...] = ()  # "field=value" for each per-host override applied
 
@@ -128,7 +134,12 @@ H200_NVL = _Gpu("h200-nvl-141g", "NVIDIA H200 NVL 141GB", 143771, "9.0", fp8=Tru
 _HOST_RAM_GIB = {1: 128, 2: 256, 4: 512, 8: 1024}
 
 
-def _family(gpu: _Gpu, counts: Mapping[int, tuple[Interconnect, int]], note: str) -> list[HardwareProfile]:
+def _family(
+    gpu: _Gpu,
+    counts: Mapping[int, tuple[Interconnect, int]],
+    note: str,
+    network_gbps: float = DEFAULT_NETWORK_GBPS,
+) -> list[HardwareProfile]:
     return [
         HardwareProfile(
             name=f"{gpu.key}-x{count}",
@@ -141,6 +152,7 @@ def _family(gpu: _Gpu, counts: Mapping[int, tuple[Interconnect, int]], note: str
             interconnect=link,
             nvlink_domain=domain,
             host_memory_gib=_HOST_RAM_GIB[count],
+            network_gbps=network_gbps,
             description=f"{count}x {gpu.gpu_name}, {note}",
         )
         for count, (link, domain) in counts.items()
@@ -178,11 +190,11 @@ CATALOG: dict[str, HardwareProfile] = {
         *_family(L40S, _PCIE_1248, "PCIe only (L40S has no NVLink)"),
         *_family(A100_PCIE_40, _PCIE_1248, "PCIe (override nvlink_domain: 2 where bridges are fitted)"),
         *_family(A100_PCIE_80, _PCIE_1248, "PCIe (override nvlink_domain: 2 where bridges are fitted)"),
-        *_family(A100_SXM_40, _HGX, "HGX board"),
-        *_family(A100_SXM_80, _HGX, "HGX board"),
+        *_family(A100_SXM_40, _HGX, "HGX board", HGX_NETWORK_GBPS),
+        *_family(A100_SXM_80, _HGX, "HGX board", HGX_NETWORK_GBPS),
         *_family(H100_PCIE, _PCIE_1248, "PCIe (override nvlink_domain: 2 where bridges are fitted)"),
-        *_family(H100_SXM, _HGX, "HGX board"),
-        *_family(H200_SXM, _HGX, "HGX board"),
+        *_family(H100_SXM, _HGX, "HGX board", HGX_NETWORK_GBPS),
+        *_family(H200_SXM, _HGX, "HGX board", HGX_NETWORK_GBPS),
         # H200 NVL cards are bridged in pairs or fours; eight cards form two 4-GPU islands.
         *_family(H200_NVL, {1: (_PCIE, 1), 2: (_NVL, 2), 4: (_NVL, 4), 8: (_NVL, 4)}, "NVLink bridges"),
         CPU_ONLY,
@@ -397,3 +409,26 @@ def validate_profile(p: HardwareProfile) -> list[Problem]:
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+NETWORK_KEY = "deepseek_network_gbps"
+
+
+def apply_network(profile: HardwareProfile, value: object) -> HardwareProfile:
+    """The profile with a site's own bandwidth between servers (`deepseek_network_gbps`); None keeps the
+    profile's default. Only serving groups plan against it."""
+    if value is None:
+        return profile
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value <= 0:
+        raise PlannerInputError(
+            [
+                Problem(
+                    NETWORK_KEY,
+                    f"{value!r} is not a bandwidth in Gb/s",
+                    "give the servers' link speed as a number, e.g. 100 (100 GbE) or 400 (NDR InfiniBand)",
+                )
+            ]
+        )
+    return replace(
+        profile, network_gbps=float(value), overridden=(*profile.overridden, f"network_gbps={value:g}")
+    )

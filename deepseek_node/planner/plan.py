@@ -163,6 +163,7 @@ class Plan:
 def plan(req: PlanRequest, suggest: bool = True) -> Plan:
     """Decide how to serve `req.model` on `req.profile`. Pure: the same request gives the same plan."""
     # What would fit asks plan() about other boxes; imported here because it builds on this module.
+    from deepseek_node.planner.group import group_note
     from deepseek_node.planner.suggest import smallest_change
 
     engine, engine_reason = req.engine_choice
@@ -172,6 +173,9 @@ def plan(req: PlanRequest, suggest: bool = True) -> Plan:
     if chosen is None:
         why += [f"{c.precision.value}: {c.why}" for c in cands]
         suggestion = smallest_change(req) if suggest else None
+        note = group_note(req, None) if suggest else None
+        if note:
+            why.append(note)
         return Plan(
             req.host, req.model, req.profile, req.goal, Fit.INCOMPATIBLE, None, 0, 0, 0, 0, None,
             tuple(why), suggestion, tuple(cands), engine, engine_reason,
@@ -179,6 +183,9 @@ def plan(req: PlanRequest, suggest: bool = True) -> Plan:
     why += reasons.precision_reasons(req, cands, chosen)
     why.append(reasons.layout_reason(req, chosen))
     why += reasons.memory_reasons(req, chosen)
+    note = group_note(req, chosen.precision) if suggest else None
+    if note:
+        why.append(note)
     suggestion = None
     if chosen.fit is Fit.LOW_MEMORY and suggest:
         suggestion = smallest_change(req)

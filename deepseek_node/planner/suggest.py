@@ -7,6 +7,7 @@ from dataclasses import replace
 from deepseek_node.planner import memory
 from deepseek_node.planner.candidates import DEFAULT_CONTEXT, PlanRequest
 from deepseek_node.planner.enums import Fit, Precision
+from deepseek_node.planner.group import MAX_GROUP_SERVERS, GroupRequest, smallest_group
 from deepseek_node.planner.hardware import CATALOG as HARDWARE
 from deepseek_node.planner.layout import precision_ladder
 from deepseek_node.planner.memory import GIB
@@ -72,10 +73,24 @@ def _more_host_memory(req: PlanRequest) -> str:
 
 
 def _multi_node(req: PlanRequest) -> str:
+    """The smallest serving group of these servers (or of the largest server with the same GPU) that holds
+    the model, else a rough count of GPUs at int4."""
+    same_gpu = [p for p in HARDWARE.values() if p.gpu_name == req.profile.gpu_name and p.gpu_count]
+    largest = max(same_gpu, key=lambda p: p.gpu_count, default=req.profile)
+    for profile in dict.fromkeys([req.profile, largest]):
+        if profile.is_cpu_only:
+            continue
+        group = GroupRequest(req.model, profile, 2, req.goal, req.max_context, engine=req.engine)
+        found = smallest_group(group)
+        if found:
+            return (
+                f"needs {found.servers} x {profile.name} servers as a serving group ({found.layout_text()}, "
+                f"{found.plan.expected_gpu_memory_gib:.1f} GiB per GPU)"
+            )
     est = memory.serving_estimate(req.model, req.profile, Precision.INT4, 1, 1, req.required_context, 1)
     per_gpu = memory.usable_bytes(req.profile) - memory.GPU_CONTEXT_BYTES - memory.GPU_COMM_BYTES
     gpus = -(-(est.weights + est.kv_cache + est.activations) // max(1, per_gpu))
     return (
         f"no single catalog server holds it: about {int(gpus)} x {req.profile.gpu_name or 'GPU'} at int4; "
-        "multi-node serving is not planned per host"
+        f"no serving group of up to {MAX_GROUP_SERVERS} servers holds it either"
     )

@@ -27,6 +27,9 @@ the builtin engine). `checkpoint_quant` is the model directory's config.json qua
 quantized; left out: the format of the model the plan was made from); a checkpoint that cannot serve the
 plan fails the task with what it needs. The API key is not part of the result: it reaches vLLM as
 VLLM_API_KEY from a credential file.
+
+`deepseek_group_plan` plans a serving group (several servers, one model, vLLM's multi-node mode) from its
+members' variables and renders every rank's command line; see its docstring.
 """
 
 from __future__ import annotations
@@ -123,8 +126,102 @@ def deepseek_vllm_args(
     return {**answer, "argv": argv, "env": vllm_env(result)}
 
 
+def deepseek_group_plan(
+    members: Any,
+    hostvars: Any,
+    group: str | None = None,
+    *,
+    model_path: str,
+    port: int,
+    served_name: str | None = None,
+    bind_host: str = "127.0.0.1",
+    checkpoint_quant: Any = _FROM_MODEL,
+    inference_nodes: Any = None,
+) -> dict[str, Any]:
+    """A serving group's plan and every rank's vLLM command line (`provision plan` shows the same):
+
+        {{ groups[deepseek_serving_group] | deepseek_group_plan(hostvars, deepseek_serving_group,
+             model_path=inference_daemon_model_dest, port=8000,
+             inference_nodes=groups['inference_nodes']) }}
+
+    Returns `{"group", "head", "hosts", "config": <deepseek_plan's answer>, "interconnect", "warnings",
+    "ranks": {host: {"rank", "role", "module", "argv", "env"}}}`; fails the task, naming the group, host and
+    fix, as `provision plan` refuses the group. (A host in two serving groups shows only in the inventory's
+    structure: `provision plan` and `provision check` refuse it.)
+    """
+    try:
+        from deepseek_node.inventory import GROUP, PLANNER_KEYS, InventoryError, validate_inventory
+        from deepseek_node.planner.engine_args import group_vllm_args
+        from deepseek_node.serving_groups import (
+            ADDRESS_KEY,
+            GROUP_KEY,
+            HEAD_KEY,
+            PORT_KEY,
+            SERVING_GROUPS,
+            find_serving_groups,
+        )
+    except ImportError as exc:
+        raise AnsibleFilterError(
+            f"deepseek_group_plan: cannot import deepseek_node ({exc}); run Ansible from the deepseek-node "
+            "virtual environment (its bin/ansible-playbook)"
+        ) from exc
+    if isinstance(members, str) or not isinstance(members, list | tuple) or not members:
+        raise AnsibleFilterError(
+            "deepseek_group_plan: expects the group's hosts, e.g. groups[deepseek_serving_group]"
+        )
+    if not isinstance(hostvars, Mapping):
+        raise AnsibleFilterError("deepseek_group_plan: expects hostvars as its first argument")
+    hosts = [str(h) for h in members]
+    keys = (*PLANNER_KEYS, GROUP_KEY, HEAD_KEY, PORT_KEY, ADDRESS_KEY, "ansible_host")
+    name = str(group or hostvars[hosts[0]].get(GROUP_KEY) or "")
+    nodes = hosts if inference_nodes is None else [h for h in hosts if h in list(inference_nodes)]
+    inventory = {
+        SERVING_GROUPS: {"children": [name]},
+        name: {"hosts": hosts},
+        GROUP: {"hosts": nodes},
+        "_meta": {"hostvars": {h: {k: hostvars[h].get(k) for k in keys} for h in hosts}},
+    }
+    try:
+        settings = validate_inventory(inventory, GROUP)
+        (serving,) = find_serving_groups(inventory, settings, GROUP)
+    except InventoryError as exc:
+        raise AnsibleFilterError(
+            f"deepseek_group_plan: invalid inventory (nothing was changed):\n{exc}"
+        ) from exc
+    result = serving.plan()
+    quant = result.plan.model.quant_method if checkpoint_quant is _FROM_MODEL else checkpoint_quant
+    try:
+        ranks = group_vllm_args(
+            result,
+            model_path=str(model_path),
+            served_name=str(served_name or result.plan.model.name),
+            port=int(port),
+            master_addr=serving.master_addr,
+            master_port=serving.master_port,
+            host=str(bind_host),
+            checkpoint_quant=quant,
+        )
+    except ValueError as exc:  # CheckpointMismatchError, a bad port or path
+        raise AnsibleFilterError(f"deepseek_group_plan: serving group {name}: {exc}") from exc
+    config = result.plan.to_daemon_config()
+    config["plan"]["group"] = {"name": name, "servers": result.servers, "head": result.head}
+    return {
+        "group": name,
+        "head": result.head,
+        "hosts": list(result.hosts),
+        "config": config,
+        "interconnect": result.handoff.to_dict() if result.handoff else None,
+        "warnings": list(result.warnings),
+        "ranks": {r.host: {k: v for k, v in r.to_dict().items() if k != "host"} for r in ranks},
+    }
+
+
 class FilterModule:
-    """Registers `deepseek_plan` and `deepseek_vllm_args` for Ansible."""
+    """Registers `deepseek_plan`, `deepseek_vllm_args` and `deepseek_group_plan` for Ansible."""
 
     def filters(self) -> dict[str, Any]:
-        return {"deepseek_plan": deepseek_plan, "deepseek_vllm_args": deepseek_vllm_args}
+        return {
+            "deepseek_plan": deepseek_plan,
+            "deepseek_vllm_args": deepseek_vllm_args,
+            "deepseek_group_plan": deepseek_group_plan,
+        }

@@ -34,6 +34,7 @@ def test_example_inventory_plans_every_host() -> None:
     plans = {p["host"]: p for p in json.loads(result.stdout)}
     assert set(plans) == {
         "ds-h200-01", "ds-h200-02", "ds-h100-01", "ds-l40s-01", "ds-l40s-02", "ds-a100-01", "ds-edge-01",
+        "ds-h100-11", "ds-h100-12",
     }  # fmt: skip
     assert all(p["fit"] == "compatible" for p in plans.values())
     assert (plans["ds-h200-01"]["precision"], plans["ds-h200-01"]["tp"]) == ("fp8", 8)

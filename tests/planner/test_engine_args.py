@@ -268,19 +268,42 @@ DRIVER = r"""
 import contextlib, io, json, sys, typing
 from vllm.config.cache import CacheDType
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.config.parallel import ParallelConfig
+from vllm.entrypoints.cli.serve import ServeSubcommand
 from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
 from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 parser = make_arg_parser(FlexibleArgumentParser(prog="api_server"))
+# `vllm serve`, as `python -m vllm.entrypoints.cli.main serve` builds it: how a serving group's headless
+# ranks start.
+cli = FlexibleArgumentParser(prog="vllm")
+ServeSubcommand().subparser_init(cli.add_subparsers(dest="subparser"))
 results = []
 for argv in json.load(sys.stdin):
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args = parser.parse_args(argv)
+            args = cli.parse_args(argv) if argv[:1] == ["serve"] else parser.parse_args(argv)
+        if getattr(args, "model_tag", None):
+            args.model = args.model_tag  # what `vllm serve` does with its positional model
         validate_parsed_serve_args(args)
         e = AsyncEngineArgs.from_cli_args(args)
+        multi = None
+        if e.nnodes > 1:
+            # create_engine_config's multi-node checks (it needs the real model to run whole), and the
+            # parallel config each rank builds: a rank past 0 runs the headless multiprocessing executor.
+            world = e.tensor_parallel_size * e.pipeline_parallel_size * e.data_parallel_size
+            if world % e.nnodes or not 0 <= e.node_rank < e.nnodes or e.data_parallel_backend != "mp":
+                raise ValueError(f"vLLM refuses --nnodes {e.nnodes} --node-rank {e.node_rank} for {world} ranks")
+            pc = ParallelConfig(
+                tensor_parallel_size=e.tensor_parallel_size, pipeline_parallel_size=e.pipeline_parallel_size,
+                nnodes=e.nnodes, node_rank=e.node_rank, master_addr=e.master_addr, master_port=e.master_port,
+                distributed_executor_backend=e.distributed_executor_backend)
+            multi = {"nnodes": pc.nnodes, "node_rank": pc.node_rank, "master_addr": pc.master_addr,
+                     "master_port": pc.master_port, "backend": pc.distributed_executor_backend,
+                     "local_world_size": pc.local_world_size, "node_rank_within_dp": pc.node_rank_within_dp,
+                     "headless": args.headless, "subcommand": getattr(args, "subparser", None)}
         if e.quantization is not None and e.quantization not in QUANTIZATION_METHODS:
             raise ValueError(f"--quantization {e.quantization} is not one of vLLM's methods")
         if e.kv_cache_dtype not in typing.get_args(CacheDType):
@@ -290,7 +313,7 @@ for argv in json.load(sys.stdin):
             "enable_expert_parallel", "dtype", "quantization", "kv_cache_dtype", "max_model_len",
             "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "enable_chunked_prefill",
             "enable_prefix_caching", "trust_remote_code", "enable_log_requests")},
-            "host": args.host, "port": args.port, "api_key": args.api_key})
+            "host": args.host, "port": args.port, "api_key": args.api_key, "multi_node": multi})
     except SystemExit:
         lines = [l for l in err.getvalue().splitlines() if "error:" in l]
         results.append({"ok": False, "error": (lines or [err.getvalue()[-300:]])[-1]})
@@ -323,15 +346,18 @@ def test_vllm_accepts_every_rendered_command_line(tmp_path: Path) -> None:
         cases.append((label, p, _render(p, ea.preview_checkpoint(p), tmp_path)))
         if p.precision is Precision.FP8 and p.model.quant_method == "fp8":
             cases.append((f"{label} (unquantized weights)", p, _render(p, None, tmp_path)))
+    ranks = _group_ranks(tmp_path)
     env = {**os.environ, **ea.vllm_env(hosts[0]), "VLLM_LOGGING_LEVEL": "ERROR"}
     proc = subprocess.run(
-        [str(python), "-c", DRIVER], input=json.dumps([argv for _, _, argv in cases]),
+        [str(python), "-c", DRIVER], input=json.dumps([argv for _, _, argv in cases] + [r.argv for _, r in ranks]),
         capture_output=True, text=True, env=env, timeout=600, check=False,
     )  # fmt: skip
     marker = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]
     assert proc.returncode == 0 and marker, proc.stderr[-3000:]
     results = json.loads(marker[-1].removeprefix("RESULTS "))
-    assert len(results) == len(cases)
+    assert len(results) == len(cases) + len(ranks)
+    _check_group_ranks(ranks, results[len(cases) :])
+    results = results[: len(cases)]
     errors = [
         f"{label}: {r['error']}" for (label, _, _), r in zip(cases, results, strict=True) if not r["ok"]
     ]
@@ -349,6 +375,70 @@ def test_vllm_accepts_every_rendered_command_line(tmp_path: Path) -> None:
         assert r["api_key"] is None and (r["host"], r["port"]) == ("127.0.0.1", 8001), label
         if p.device is Device.CUDA:
             assert e["gpu_memory_utilization"] == pytest.approx(1 - mem.GPU_MARGIN), label
+
+
+def _group_ranks(models: Path) -> list[tuple[Any, ea.RankCommand]]:
+    """Every rank of the example inventory's serving group and of what-if groups (two and four servers)."""
+    from deepseek_node.inventory import load_inventory, validate_inventory
+    from deepseek_node.planner.group import GroupRequest, plan_group
+    from deepseek_node.serving_groups import find_serving_groups
+
+    data = load_inventory(EXAMPLE)
+    groups = [(g.plan(), g.master_addr) for g in find_serving_groups(data, validate_inventory(data))]
+    assert groups, "the example inventory has a serving group"
+    for model, profile, servers in (
+        ("deepseek-v3", "a100-sxm-80g-x8", 2),
+        ("deepseek-r1", "h100-sxm-80g-x4", 4),
+        ("deepseek-r1", "l40s-48g-x8", 2),
+    ):
+        groups.append((plan_group(GroupRequest(MODELS[model], H[profile], servers)), "10.0.0.1"))
+    ranks = []
+    for g, addr in groups:
+        commands = ea.group_vllm_args(
+            g, model_path=str(models / g.plan.model.name), served_name=g.plan.model.name, port=8001,
+            master_addr=addr, checkpoint_quant=ea.preview_checkpoint(g.plan),
+        )  # fmt: skip
+        ranks += [(g, c) for c in commands]
+    return ranks
+
+
+def _check_group_ranks(ranks: list[tuple[Any, ea.RankCommand]], results: list[dict[str, Any]]) -> None:
+    """vLLM reads each rank's command line as a rank of the group: the head serves the API on loopback,
+    the others start headless through `vllm serve`, all with the group's TP x PP and the head's address."""
+    errors = [
+        f"{g.summary()} rank {c.rank}: {r['error']}"
+        for (g, c), r in zip(ranks, results, strict=True)
+        if not r["ok"]
+    ]
+    assert not errors, "vLLM refused:\n" + "\n".join(errors)
+    for (g, c), r in zip(ranks, results, strict=True):
+        e, multi = r["engine"], r["multi_node"]
+        assert (e["tensor_parallel_size"], e["pipeline_parallel_size"]) == (g.plan.tp, g.plan.pp)
+        assert g.plan.tp <= g.plan.profile.nvlink_domain, "TP left the server"
+        assert (multi["nnodes"], multi["node_rank"], multi["backend"]) == (g.servers, c.rank, "mp")
+        assert multi["local_world_size"] == g.plan.tp * g.plan.pp // g.servers <= g.plan.profile.gpu_count
+        assert (
+            multi["master_port"] == ea.DEFAULT_MASTER_PORT
+            and multi["master_addr"] == c.argv[c.argv.index("--master-addr") + 1]
+        )
+        assert e["max_model_len"] == g.plan.max_context and e["max_num_seqs"] == g.plan.max_running
+        if c.rank == 0:
+            assert (c.role, c.module, multi["headless"], multi["subcommand"]) == (
+                "head",
+                ea.VLLM_MODULE,
+                False,
+                None,
+            )
+            assert (r["host"], r["port"]) == ("127.0.0.1", 8001) and multi["node_rank_within_dp"] == 0
+        else:
+            assert (c.role, c.module, multi["headless"], multi["subcommand"]) == (
+                "worker",
+                ea.VLLM_CLI_MODULE,
+                True,
+                "serve",
+            )
+            assert multi["node_rank_within_dp"] == c.rank and "--port" not in c.argv
+            assert c.argv[1] == e["model"] and "--model" not in c.argv
 
 
 # --- the Ansible filter: the same function behind the role ---

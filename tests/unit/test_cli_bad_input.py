@@ -278,7 +278,7 @@ def test_build_engine_values(tmp_path: Path, model_dir: Path) -> None:
     refused(build(tmp_path / "out", model_dir, "--engine", "none,vllm-cpu"), "cannot be combined")
     refused(
         build(tmp_path / "out", model_dir, "--engine", "vllm-cpu", "--suite", "sid"),
-        "--suite sid is not one",
+        "--suite 'sid' is not a release",
         "choose from bookworm, trixie",
     )
     assert tree(tmp_path) == before

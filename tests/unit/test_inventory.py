@@ -147,7 +147,7 @@ def test_load_inventory_resolves_group_and_host_vars_like_ansible() -> None:
     assert hostvars["ds-l40s-02"]["deepseek_hardware_overrides"] == {"gpu_count": 2}  # host_vars win
     assert hostvars["ds-l40s-01"]["deepseek_hardware_profile"] == "l40s-48g-x4"  # child group_vars
     assert hostvars["ds-edge-01"]["deepseek_max_context"] == 16384  # child group beats parent group
-    assert len(validate_inventory(data)) == 7
+    assert len(validate_inventory(data)) == 9
 
 
 def test_load_inventory_refuses_what_ansible_cannot_parse(tmp_path: Path) -> None:
