@@ -4,6 +4,9 @@
 * SIGTERM/SIGINT: readiness drops and new generation requests get 503 at once; requests already admitted
   (running or queued) finish within `engine.shutdown_grace_s`; then the process exits 0. uvicorn's own
   handler would re-raise the signal after shutdown (exit by signal, not 0), hence the subclass.
+* SIGHUP: the certificate chain, key and client CA are read again into the live TLS context: new
+  handshakes get the new certificate, open connections and the engine are untouched. A certificate that
+  cannot be loaded leaves the served one in place (and logs why).
 * A model that cannot load, or an engine thread that dies, exits 1 so systemd's Restart= brings the node
   back; a configuration that cannot work exits 2 before listening (restarting would not help).
 """
@@ -27,7 +30,7 @@ import uvicorn
 from deepseek_node.daemon.config import DaemonConfig
 from deepseek_node.daemon.gateway.connections import protocol_options
 
-__all__ = ["DaemonServer", "make_server", "run"]
+__all__ = ["DaemonServer", "make_server", "reload_tls", "run"]
 
 log = logging.getLogger("deepseek_node.daemon")
 
@@ -43,6 +46,14 @@ class DaemonServer(uvicorn.Server):
         super().__init__(config)
         self.state = state
         self.exit_code = EXIT_OK
+        self.tls_files: tuple[Any, Any, Any] | None = None  # cert, key, client CA: what SIGHUP re-reads
+
+    def reload_tls(self, sig: int | None = None, frame: Any = None) -> bool:
+        """SIGHUP handler: pick up renewed certificate files without touching connections or the engine."""
+        if self.tls_files is None or self.config.ssl is None:
+            log.warning("reload requested but the daemon serves plain HTTP: nothing to reload")
+            return False
+        return reload_tls(self.config.ssl, *self.tls_files)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if not self.should_exit:
@@ -89,7 +100,10 @@ def make_server(config: DaemonConfig, state: Any, app: Any) -> DaemonServer:
     if s.tls:
         uv_config.load()  # builds the SSL context, which is then narrowed before the first handshake
         harden_tls(uv_config.ssl, s.tls_min_version, s.tls_client_ca)
-    return DaemonServer(uv_config, state)
+    server = DaemonServer(uv_config, state)
+    if s.tls:
+        server.tls_files = (s.tls_cert, s.tls_key, s.tls_client_ca)
+    return server
 
 
 # Forward-secret AEAD suites for TLS 1.2 where it is allowed (TLS 1.3 suites are all AEAD already).
@@ -104,6 +118,43 @@ def harden_tls(context: ssl.SSLContext, min_version: str, client_ca: Any = None)
     if client_ca is not None:
         context.load_verify_locations(cafile=str(client_ca))
         context.verify_mode = ssl.CERT_REQUIRED
+
+
+def reload_tls(context: ssl.SSLContext, cert: Any, key: Any, client_ca: Any = None) -> bool:
+    """Load the certificate chain and key (and client CA) again into `context`; False if they are unusable.
+
+    The files are tried on a scratch context first, so an unreadable file or a key that does not match the
+    certificate leaves the live context serving what it served. Each new handshake copies the context's
+    certificate, so connections already open keep theirs. A CA removed from the client CA file stays
+    trusted until a restart (an SSLContext can add trust anchors, never drop them): that is logged.
+    """
+    try:
+        scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        scratch.load_cert_chain(str(cert), str(key))
+        if client_ca is not None:
+            scratch.load_verify_locations(cafile=str(client_ca))
+    except (OSError, ssl.SSLError) as exc:
+        log.error(
+            "TLS reload failed, still serving the previous certificate: %s (cert %s, key %s%s); "
+            "fix the files and reload again",
+            exc,
+            cert,
+            key,
+            f", client CA {client_ca}" if client_ca is not None else "",
+        )
+        return False
+    context.load_cert_chain(str(cert), str(key))
+    if client_ca is not None:
+        kept = [ca for ca in context.get_ca_certs() if ca not in scratch.get_ca_certs()]
+        context.load_verify_locations(cafile=str(client_ca))
+        if kept:
+            log.warning(
+                "TLS reload: %d client CA(s) no longer in %s stay trusted until the daemon restarts",
+                len(kept),
+                client_ca,
+            )
+    log.info("TLS reload: now serving the certificate in %s", cert)
+    return True
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -122,6 +173,9 @@ def run(config: DaemonConfig, *, log_level: str = "INFO") -> int:
     from deepseek_node.daemon.runtime import build_state, prepare
 
     setup_logging(log_level)
+    # Until the reload handler is in place (after the certificate is first read), a reload must not kill
+    # the process: SIGHUP's default action would, and systemd counts that as a clean exit.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # The engine thread holds the GIL between kernel launches; a shorter switch interval lets the event
     # loop in sooner (CPython's default is 5 ms, a long stall for streaming responses).
     sys.setswitchinterval(float(os.environ.get("DEEPSEEK_NODE_SWITCH_INTERVAL", "0.0005")))
@@ -145,6 +199,7 @@ def run(config: DaemonConfig, *, log_level: str = "INFO") -> int:
     app = create_app(state)
     server = make_server(config, state, wrap(app, state))
     holder["server"] = server
+    signal.signal(signal.SIGHUP, server.reload_tls)  # systemctl reload (ExecReload=kill -HUP)
     scheme = "https" if config.server.tls else "http"
     log.info(
         "serving %s on %s://%s:%s", config.model.served_name, scheme, config.server.host, config.server.port

@@ -182,7 +182,7 @@ def test_check_mode_on_a_new_host_previews_and_changes_nothing(site: dict, lab) 
 
 
 def test_certificate_reissued_by_a_tls_only_run_is_served_at_once(site: dict, lab) -> None:
-    """`--tags tls` leaves the inference play out: the tls role itself restarts the running daemon."""
+    """`--tags tls` leaves the inference play out: the tls role itself reloads the running daemon."""
     _assert_ok(site["first"])
     host = site["hosts"][0]
     lab.run(host.name, "rm /etc/deepseek-node/tls/server.crt")
@@ -195,7 +195,7 @@ def test_certificate_reissued_by_a_tls_only_run_is_served_at_once(site: dict, la
         )
     )
     _assert_ok(result)
-    assert result.changed >= 2  # the certificate and the restart
+    assert result.changed >= 2  # the certificate and the reload
     on_disk = lab.run(host.name, "cat /etc/deepseek-node/tls/server.crt").stdout
     ep = endpoint_for(host.address, site["inventory_dir"])
     deadline = time.monotonic() + 120
