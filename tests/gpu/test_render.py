@@ -80,15 +80,15 @@ def ok(rendered: dict, name: str) -> dict:
 def test_debian12_hgx(rendered: dict) -> None:
     r = ok(rendered, "debian12-hgx-h100")
     f = r["family"]
-    assert f["nvidia_driver_kernel_package"] == "nvidia-kernel-dkms"
-    assert f["nvidia_driver_versioned"] == ["nvidia-kernel-dkms", "nvidia-smi", "libcuda1", "libnvidia-ml1"]
-    assert f["nvidia_driver_headers_package"] == "linux-headers-6.1.0-37-amd64"
-    assert f["nvidia_driver_initramfs_command"] == ["update-initramfs", "-u", "-k", "all"]
-    assert f["nvidia_driver_versions_command"] == ["apt-cache", "madison"]
-    assert f["nvidia_driver_dkms_module"] == "nvidia-current"
+    assert f["__nvidia_driver_kernel_package"] == "nvidia-kernel-dkms"
+    assert f["__nvidia_driver_versioned"] == ["nvidia-kernel-dkms", "nvidia-smi", "libcuda1", "libnvidia-ml1"]
+    assert f["__nvidia_driver_headers_package"] == "linux-headers-6.1.0-37-amd64"
+    assert f["__nvidia_driver_initramfs_command"] == ["update-initramfs", "-u", "-k", "all"]
+    assert f["__nvidia_driver_versions_command"] == ["apt-cache", "madison"]
+    assert f["__nvidia_driver_dkms_module"] == "nvidia-current"
     assert (
-        f["cuda_toolkit_package"] == "nvidia-cuda-toolkit"
-        and f["cuda_toolkit_home"] == "/usr/lib/nvidia-cuda-toolkit"
+        f["__cuda_toolkit_package"] == "nvidia-cuda-toolkit"
+        and f["__cuda_toolkit_home"] == "/usr/lib/nvidia-cuda-toolkit"
     )
     assert r["gpu"]["install"] and r["gpu"]["fabric_manager"] and r["gpu"]["nvswitch_count"] == 4
     assert r["driver"] == {
@@ -119,15 +119,16 @@ def test_fabric_manager_of_another_driver_version_is_refused(rendered: dict) -> 
 def test_ubuntu2204_secure_boot_pcie(rendered: dict) -> None:
     r = ok(rendered, "ubuntu2204-l40s-secureboot")
     f = r["family"]
-    assert f["nvidia_driver_kernel_package"] == "nvidia-dkms-535-server"
-    assert "nvidia-compute-utils-535-server" in f["nvidia_driver_versioned"]
-    assert f["nvidia_driver_headers_package"] == "linux-headers-5.15.0-105-generic"
+    assert f["__nvidia_driver_kernel_package"] == "nvidia-dkms-535-server"
+    assert "nvidia-compute-utils-535-server" in f["__nvidia_driver_versioned"]
+    assert f["__nvidia_driver_headers_package"] == "linux-headers-5.15.0-105-generic"
     # dkms 2.8 on 22.04 reads signing settings from framework.conf only.
-    assert f["nvidia_driver_dkms_signing_conf"] == "/etc/dkms/framework.conf"
+    assert f["__nvidia_driver_dkms_signing_conf"] == "/etc/dkms/framework.conf"
     assert (
-        f["cuda_toolkit_package"] == "cuda-toolkit-12-2" and f["cuda_toolkit_home"] == "/usr/local/cuda-12.2"
+        f["__cuda_toolkit_package"] == "cuda-toolkit-12-2"
+        and f["__cuda_toolkit_home"] == "/usr/local/cuda-12.2"
     )
-    assert f["cuda_toolkit_repository"].endswith("/repos/ubuntu2204/x86_64")
+    assert f["__cuda_toolkit_repository"].endswith("/repos/ubuntu2204/x86_64")
     assert r["gpu"]["secure_boot"] and not r["gpu"]["fabric_manager"]
     assert r["driver"]["secure_boot"] is True and r["driver"]["version"] == "535.161.08"
     assert r["fabric_manager"]["package_version"] is None  # no NVSwitch: not even checked
@@ -144,13 +145,13 @@ def test_ubuntu2404_refuses_cuda_the_driver_cannot_run(rendered: dict) -> None:
 def test_rocky9_hgx_a100(rendered: dict) -> None:
     r = ok(rendered, "rocky9-hgx-a100")
     f = r["family"]
-    assert f["nvidia_driver_family"] == "RedHat"
-    assert f["nvidia_driver_kernel_package"] == "kmod-nvidia-latest-dkms"
-    assert f["nvidia_driver_headers_package"] == "kernel-devel-5.14.0-427.13.1.el9_4.x86_64"
-    assert f["nvidia_driver_initramfs_command"] == ["dracut", "-f", "--regenerate-all"]
-    assert f["nvidia_driver_versions_command"][:2] == ["dnf", "-q"]
-    assert f["fabric_manager_package"] == "nvidia-fabric-manager"
-    assert f["cuda_toolkit_repository"].endswith("/repos/rhel9/x86_64")
+    assert f["__nvidia_driver_family"] == "RedHat"
+    assert f["__nvidia_driver_kernel_package"] == "kmod-nvidia-latest-dkms"
+    assert f["__nvidia_driver_headers_package"] == "kernel-devel-5.14.0-427.13.1.el9_4.x86_64"
+    assert f["__nvidia_driver_initramfs_command"] == ["dracut", "-f", "--regenerate-all"]
+    assert f["__nvidia_driver_versions_command"][:2] == ["dnf", "-q"]
+    assert f["__fabric_manager_package"] == "nvidia-fabric-manager"
+    assert f["__cuda_toolkit_repository"].endswith("/repos/rhel9/x86_64")
     # The inventory pins 550.54.15 although 535 is offered too; Fabric Manager follows the pin.
     assert r["driver"]["version"] == "550.54.15" and r["driver"]["package_version"] == "3:550.54.15-1.el9"
     assert r["fabric_manager"]["package_version"] == "550.54.15-1"
