@@ -48,6 +48,13 @@ def write_lab_group_vars(inventory_dir: Path, bundle_dir: Path) -> Path:
     data: dict[str, Any] = {
         "deepseek_bundle_dir": str(bundle_dir),
         "inference_daemon_port": DAEMON_PORT,
+        # The lab has no ansible-vault secret: LUKS key material (only if a host names a device) is kept
+        # in plain 0600 files beside the inventory.
+        "disk_encryption_allow_plain_escrow": True,
+        # Each target's own /24 holds only it and its controller side (deepseek_node.lab.network).
+        "firewall_admin_networks": ["{{ ansible_host }}/24"],
+        "firewall_client_networks": ["{{ ansible_host }}/24"],
+        "firewall_monitoring_networks": ["{{ ansible_host }}/24"],
         "inference_daemon_api_keys": [
             {
                 "id": "lab-admin",
@@ -55,6 +62,8 @@ def write_lab_group_vars(inventory_dir: Path, bundle_dir: Path) -> Path:
                 "scopes": ["inference", "metrics", "admin"],
             }
         ],
+        # Prometheus (monitoring play, on hosts of a `monitoring` group) scrapes /metrics with this key.
+        "monitoring_metrics_api_key": f"{{{{ lookup('ansible.builtin.file', '{key_file}') }}}}",
     }
     path = gv / "deepseek.yml"
     path.write_text(

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(debootstrap systemd-container iproute2 openssh-client dpkg-dev apt-utils gnupg
-              cryptsetup-bin zstd ca-certificates)
+              cryptsetup-bin zstd ca-certificates nftables prometheus tang)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
