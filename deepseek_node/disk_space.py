@@ -36,7 +36,10 @@ def space_needs(
         {"what": "the offline bundle", "path": bundle_dest, "bytes": total},
         {
             "what": "the model",
-            "path": f"{models_dir.rstrip('/')}/{model.get('name', '')}".rstrip("/"),
+            # A new version goes beside the kept ones: only that version's directory counts as present.
+            "path": "/".join(
+                p for p in (models_dir.rstrip("/"), model.get("name", ""), model.get("version", "")) if p
+            ),
             "bytes": size(model_prefix),
         },
         {"what": "the daemon's virtualenv", "path": venv_dir, "bytes": size("wheels/") * venv_expansion},

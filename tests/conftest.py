@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# Importing Ansible replaces sys.intern with a callable object; torch's compiler, when first imported
+# after that, refuses to register it ("substitute_in_graph expects a function"). Tests use both in one
+# process, so torch's goes first.
+with contextlib.suppress(ImportError):
+    import torch._dynamo  # noqa: F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

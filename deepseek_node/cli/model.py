@@ -8,7 +8,10 @@ import typer
 
 from deepseek_node.cli.errors import fail
 
-app = typer.Typer(help="Model directories: build a tiny test model.", no_args_is_help=True)
+app = typer.Typer(
+    help="Models: build a tiny test model; roll a fleet back to its previous model version.",
+    no_args_is_help=True,
+)
 
 
 @app.command("make-tiny")
@@ -49,3 +52,48 @@ def make_tiny(
             fail(f"cannot write the model to {out}: {exc.strerror}{where}; nothing was left behind")
         fail(str(exc))
     typer.echo(f"tiny {arch}{' fp8' if fp8 else ''} model written to {path}")
+
+
+@app.command("rollback")
+def rollback(
+    inventory: Path = typer.Option(..., "-i", "--inventory", help="Inventory file or directory."),
+    limit: str = typer.Option(None, "--limit", "-l", help="Limit to hosts or groups (Ansible pattern)."),
+    to: str = typer.Option(
+        None,
+        "--to",
+        help="Version to return to (a directory under <models_dir>/<name>/); default: the previous one.",
+    ),
+    artifacts_dir: Path = typer.Option(None, help="Where run artifacts are kept (default ./artifacts)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+) -> None:
+    """Point each host's model back at the version it served before (or --to), restart the daemon and
+    check it answers: host by host like a rollout (deepseek_serial), stopping at the first host that fails."""
+    import re
+
+    from rich.console import Console
+
+    from deepseek_node.cli.progress import run_with_progress, summary_table
+    from deepseek_node.runner import RunConfig, RunError, run
+
+    if to is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", to) or to == "current"):
+        fail(
+            f"--to {to!r} is not a model version: use the version's directory name (letters, digits, '.', '_', '-')"
+        )
+    console = Console()
+    cfg = RunConfig(
+        inventory=inventory,
+        playbook="playbooks/model_rollback.yml",
+        limit=limit,
+        extravars={"inference_daemon_model_rollback_to": to} if to else {},
+        artifacts_dir=artifacts_dir,
+        verbosity=verbose,
+    )
+    try:
+        result = run_with_progress(console, run, cfg)
+    except RunError as exc:
+        fail(str(exc))
+    console.print(summary_table(result))
+    for line in result.failures:
+        console.print(f"[red]failed:[/] {line}", highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)

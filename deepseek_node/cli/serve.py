@@ -317,13 +317,15 @@ def register(app: typer.Typer) -> None:
             if f is not None and not f.is_file():
                 what = "is not a file" if f.exists() else "does not exist"
                 fail(f"{option} {f} {what}: give the path to a PEM file")
+        from deepseek_node.daemon.runtime import default_served_name
+
         api_key = _read_api_key(api_key_file)
         generated = api_key is None
         key = api_key or generate_key()
         data = {
             "model": {
                 "path": str(model_dir.resolve()),
-                "served_name": served_name or model_dir.resolve().name,
+                "served_name": served_name or default_served_name(model_dir),
                 "max_context": max_context,
                 "device": device,
             },

@@ -18,7 +18,7 @@ from deepseek_node.daemon.gateway.audit import AuditLog
 from deepseek_node.daemon.gateway.auth import KeyStore
 from deepseek_node.daemon.gateway.metrics import Metrics
 
-__all__ = ["build_state", "prepare"]
+__all__ = ["build_state", "default_served_name", "prepare"]
 
 log = logging.getLogger("deepseek_node.daemon.runtime")
 
@@ -61,6 +61,18 @@ def _vllm_plan(config: DaemonConfig, checkpoint_quant: str | None) -> LoadPlan:
     )
 
 
+def default_served_name(model_dir: Path) -> str:
+    """The API's model id for a directory when none is given: the model's name, also for a host's
+    versioned store (<models_dir>/<name>/current or <name>/<version>), never "current" or a version id."""
+    if model_dir.name == "current" and model_dir.is_symlink():
+        return model_dir.parent.resolve().name
+    resolved = model_dir.resolve()
+    store_link = resolved.parent / "current"
+    if store_link.is_symlink() and store_link.resolve() == resolved:
+        return resolved.parent.name
+    return resolved.name
+
+
 def sampling_defaults(model_dir: Path) -> dict[str, float]:
     """temperature / top_p the checkpoint recommends (generation_config.json), when it samples by default."""
     try:
@@ -87,7 +99,7 @@ def build_state(
 ) -> Any:
     from deepseek_node.daemon.gateway.api import DaemonState
 
-    metrics = Metrics(config.model.served_name, gpu=gpu_metrics)
+    metrics = Metrics(config.model.served_name, gpu=gpu_metrics, tls_cert=config.server.tls_cert)
     engine: Any
     if config.engine.kind is EngineKind.VLLM:
         from deepseek_node.daemon.engines.vllm import VllmEngine

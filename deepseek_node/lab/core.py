@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepseek_node import paths
+from deepseek_node.lab import boot
 from deepseek_node.lab import host as hostmod
 from deepseek_node.lab.errors import LabError, UnknownHostError
 from deepseek_node.lab.host import HostDir
@@ -39,6 +40,9 @@ from deepseek_node.lab.network import (
 from deepseek_node.lab.rootfs import ensure_rootfs
 
 log = logging.getLogger(__name__)
+
+# How often one host is booted before `up` gives up on it and names it.
+BOOT_ATTEMPTS = 3
 
 REQUIRED_TOOLS = {
     "systemd-nspawn": "systemd-container",
@@ -137,8 +141,13 @@ class Lab:
 
     # --- lifecycle ---
 
-    def up(self, count: int = 1, timeout: float = 90.0) -> list[LabHost]:
-        """Make exactly `count` hosts run: keep healthy ones, replace dead ones, stop extra ones."""
+    def up(self, count: int = 1, timeout: float = 90.0, boot_attempts: int = BOOT_ATTEMPTS) -> list[LabHost]:
+        """Make exactly `count` hosts run: keep healthy ones, replace dead ones, stop extra ones.
+
+        Returns once every host has finished booting and takes logins; a host whose boot fails is
+        restarted, up to `boot_attempts` boots in all, then named in the LabError."""
+        if boot_attempts < 1:
+            raise ValueError(f"boot_attempts must be at least 1, not {boot_attempts}")
         validate_count(count)
         validate_prefix(self.prefix, count)
         check_prerequisites()
@@ -165,6 +174,7 @@ class Lab:
                 pids[addr.name] = hostmod.start(hd, addr, rootfs, pubkey)
             self._write_known_hosts()
             self._wait_ssh(wanted, timeout)
+            self._wait_booted(wanted, rootfs, pubkey, timeout, boot_attempts, pids)
             write_atomic(
                 self.inventory_path, render_inventory(wanted, self.key_path.resolve(), self.known_hosts_path)
             )
@@ -232,6 +242,77 @@ class Lab:
                 )
             if pending:
                 time.sleep(0.1)
+
+    def _wait_booted(
+        self,
+        hosts: list[Addressing],
+        rootfs: Path,
+        pubkey: str,
+        timeout: float,
+        attempts: int,
+        pids: dict[str, int],
+    ) -> None:
+        """Wait until every host has finished booting; restart those whose boot failed (bounded)."""
+        broken: dict[str, str] = {}
+        for addr in hosts:
+            for attempt in range(1, attempts + 1):
+                why = self._boot_problem(addr, timeout)
+                if why is None:
+                    break
+                if attempt == attempts:
+                    broken[addr.name] = why
+                    break
+                log.warning(
+                    "%s did not boot cleanly (%s); restarting it (boot %d of %d)",
+                    addr.name,
+                    why,
+                    attempt + 1,
+                    attempts,
+                )
+                hd = self._hostdir(addr.name)
+                self._stop([hd])
+                pids[addr.name] = hostmod.start(hd, addr, rootfs, pubkey)
+                self._write_known_hosts()
+                self._wait_ssh([addr], timeout)
+        if broken:
+            details = "\n".join(
+                f"  {name}: {why}; console log {self._hostdir(name).log}" for name, why in broken.items()
+            )
+            raise LabError(
+                f"{', '.join(broken)} did not come up after {attempts} boot(s):\n{details}\n"
+                "Look at the console log, then `provision lab down` and try again."
+            )
+
+    def _boot_problem(self, addr: Addressing, timeout: float) -> str | None:
+        """None once the host is ready; else why this boot is given up (it then gets restarted)."""
+        deadline = time.monotonic() + timeout
+        units_restarted = False
+        while True:
+            left = max(1.0, deadline - time.monotonic())
+            try:
+                r = self.run(addr.name, boot.probe_command(min(left, 30.0)), check=False, timeout=left + 15)
+            except subprocess.TimeoutExpired:
+                r = subprocess.CompletedProcess([], 255, "", "")
+            # 255: ssh itself failed (the guest may be restarting its sshd): judged like a boot in progress.
+            probe = boot.BootProbe("unreachable") if r.returncode == 255 else boot.parse_probe(r.stdout)
+            action = boot.decide(
+                probe,
+                units_restarted=units_restarted,
+                timed_out=time.monotonic() >= deadline,
+            )
+            if action is boot.Action.READY:
+                if units_restarted:
+                    log.info("%s is up after restarting its failed units", addr.name)
+                return None
+            if action is boot.Action.RESTART_HOST:
+                return boot.describe(probe)
+            if action is boot.Action.RESTART_UNITS:
+                units = boot.units_to_restart(probe)
+                log.warning("%s: %s; restarting %s", addr.name, boot.describe(probe), ", ".join(units))
+                self.run(addr.name, boot.restart_units_command(units), check=False, timeout=left + 15)
+                units_restarted = True
+            elif probe.state == "unreachable":
+                time.sleep(0.5)
 
     # --- inspection and access ---
 

@@ -7,12 +7,14 @@ re-addresses the freshly created veth). SIGTERM/SIGINT stop nspawn (it powers th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import subprocess
 import sys
 import time
 from types import FrameType
 
+from deepseek_node.lab import cgroups
 from deepseek_node.lab.network import configure_host_side, delete_link, link_exists
 
 REBOOT_EXIT = 133
@@ -43,6 +45,7 @@ class Supervisor:
         self.controller_address = controller_address
         self.child: subprocess.Popen[bytes] | None = None
         self.stopping = False
+        self.cgroups = cgroups.host_cgroups(name)
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
@@ -87,16 +90,29 @@ class Supervisor:
             if not first:
                 self._wait_old_link_gone()
             first = False
+            # A guest that rebooted may have left its cgroups behind; a fresh boot starts from empty ones.
+            cgroups.remove(self.cgroups)
+            for path in self.cgroups:
+                path.mkdir(parents=True, exist_ok=True)
             print(f"supervise: starting {' '.join(self.argv)}", flush=True)
-            self.child = child = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+            self.child = child = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, preexec_fn=self._enter_cgroups
+            )
             if self.stopping:  # the signal came while Popen ran
                 child.send_signal(signal.SIGTERM)
             self._configure_veth(child)
             rc = self._wait_child(child)
             print(f"supervise: nspawn exited with {rc}", flush=True)
             if rc != REBOOT_EXIT:
+                cgroups.remove(self.cgroups)
                 return 0 if self.stopping else rc
+        cgroups.remove(self.cgroups)
         return 0
+
+    def _enter_cgroups(self) -> None:
+        # Runs in the child between fork and exec: nspawn starts in this host's own cgroups.
+        with contextlib.suppress(OSError):
+            cgroups.enter(self.cgroups)
 
 
 def main(argv: list[str] | None = None) -> int:

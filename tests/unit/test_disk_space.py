@@ -75,6 +75,16 @@ def test_the_transfer_archive_needs_room_beside_the_bundle_until_the_bundle_is_t
     assert space_problems(rows, 2 * GIB) == []
 
 
+def test_a_new_model_version_needs_its_own_room() -> None:
+    versioned = {**MANIFEST, "model": {**MANIFEST["model"], "version": "abc123"}}
+    (model,) = [
+        n
+        for n in space_needs(versioned, "/srv/b", "/var/lib/models", "/opt/venv")
+        if n["what"] == "the model"
+    ]
+    assert model["path"] == "/var/lib/models/m/abc123"
+
+
 def test_unmeasurable_space_is_a_problem_not_a_pass() -> None:
     rows = _rows(0)
     for r in rows:

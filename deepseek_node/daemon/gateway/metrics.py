@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from deepseek_node.daemon.engines.interface import EngineStats, Observer
 
-__all__ = ["CONTENT_TYPE", "Metrics", "NvmlCollector"]
+__all__ = ["CONTENT_TYPE", "Metrics", "NvmlCollector", "certificate_not_after"]
 
 log = logging.getLogger("deepseek_node.daemon.gateway.metrics")
 
@@ -116,11 +119,41 @@ class _EngineCollector(Collector):
         yield g
 
 
+def certificate_not_after(path: Path) -> float | None:
+    """notAfter of the PEM certificate at `path` as a Unix time, or None when it cannot be read."""
+    try:
+        # The stdlib's own decoder (the daemon has no X.509 library): same fields as getpeercert().
+        decoded = ssl._ssl._test_decode_cert(str(path))  # type: ignore[attr-defined]
+        return float(ssl.cert_time_to_seconds(decoded["notAfter"]))
+    except Exception:
+        log.warning("cannot read the expiry of %s: tls_certificate_expiry is not exported", path)
+        return None
+
+
+class _CertificateCollector(Collector):
+    def __init__(self, not_after: Callable[[], float | None]) -> None:
+        self._not_after = not_after
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        value = self._not_after()
+        if value is None:  # plain HTTP, or unreadable: absent rather than a 1970 expiry that would alert
+            return
+        yield GaugeMetricFamily(
+            P + "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the served TLS certificate (Unix time).",
+            value=value,
+        )
+
+
 class NvmlCollector(Collector):
-    """GPU utilisation, memory, temperature and power via NVML (nvidia-ml-py); nothing when absent."""
+    """GPU utilisation, memory, temperature, power, ECC and Xid events via NVML (nvidia-ml-py); nothing
+    when absent. Xid events are queued by the driver in an event set and drained at scrape time."""
 
     def __init__(self) -> None:
         self._nvml: Any = None
+        self._events: Any = None
+        self._xid_lock = threading.Lock()
+        self._xids: dict[str, tuple[str, int, int]] = {}  # gpu index -> (name, count, last xid)
         try:
             import pynvml
 
@@ -128,6 +161,41 @@ class NvmlCollector(Collector):
             self._nvml = pynvml
         except Exception:  # no driver / no GPU (NVMLError_LibraryNotFound) / no package
             log.info("NVML not available: GPU metrics are not exported")
+            return
+        self._watch_xids()
+
+    def _watch_xids(self) -> None:
+        nv = self._nvml
+        try:
+            events = nv.nvmlEventSetCreate()
+            for i in range(nv.nvmlDeviceGetCount()):
+                h = nv.nvmlDeviceGetHandleByIndex(i)
+                name = nv.nvmlDeviceGetName(h)
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                try:
+                    nv.nvmlDeviceRegisterEvents(h, nv.nvmlEventTypeXidCriticalError, events)
+                except Exception:  # not supported on this board: no Xid series for it, never a fake 0
+                    log.info("NVML cannot report Xid events for GPU %d", i)
+                    continue
+                self._xids[str(i)] = (name, 0, 0)
+            self._events = events
+        except Exception:
+            log.info("NVML event sets unavailable: Xid events are not exported", exc_info=True)
+
+    def _drain_xids(self) -> None:
+        nv = self._nvml
+        wait = getattr(nv, "nvmlEventSetWait_v2", None) or nv.nvmlEventSetWait
+        while True:
+            try:
+                event = wait(self._events, 0)
+            except Exception:  # NVML_ERROR_TIMEOUT: nothing pending
+                return
+            try:
+                gpu = str(nv.nvmlDeviceGetIndex(event.device))
+            except Exception:
+                continue
+            name, count, _ = self._xids.get(gpu, ("", 0, 0))
+            self._xids[gpu] = (name, count + 1, int(event.eventData))
 
     @property
     def available(self) -> bool:
@@ -143,6 +211,11 @@ class NvmlCollector(Collector):
         total = GaugeMetricFamily(P + "gpu_memory_total_bytes", "GPU memory in total.", labels=lab)
         temp = GaugeMetricFamily(P + "gpu_temperature_celsius", "GPU core temperature.", labels=lab)
         power = GaugeMetricFamily(P + "gpu_power_watts", "GPU power draw.", labels=lab)
+        ecc = CounterMetricFamily(
+            P + "gpu_ecc_errors_uncorrected",
+            "Uncorrected ECC errors since the driver loaded (volatile).",
+            labels=lab,
+        )
         try:
             count = nv.nvmlDeviceGetCount()
         except Exception:
@@ -160,13 +233,35 @@ class NvmlCollector(Collector):
                 temp.add_metric(lv, float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)))
                 with contextlib.suppress(Exception):  # some boards do not report power
                     power.add_metric(lv, nv.nvmlDeviceGetPowerUsage(h) / 1000.0)
+                with contextlib.suppress(Exception):  # boards without ECC, or with ECC off
+                    ecc.add_metric(
+                        lv,
+                        float(
+                            nv.nvmlDeviceGetTotalEccErrors(
+                                h, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_VOLATILE_ECC
+                            )
+                        ),
+                    )
             except Exception:
                 log.debug("NVML query failed for GPU %d", i, exc_info=True)
-        yield from (util, used, total, temp, power)
+        yield from (util, used, total, temp, power, ecc)
+        if self._events is None:
+            return
+        xid = CounterMetricFamily(
+            P + "gpu_xid_errors", "Critical Xid events since the daemon started.", labels=lab
+        )
+        last = GaugeMetricFamily(P + "gpu_last_xid", "Code of the last critical Xid event.", labels=lab)
+        with self._xid_lock:
+            self._drain_xids()
+            for gpu, (name, count, code) in sorted(self._xids.items()):
+                xid.add_metric([gpu, name], float(count))
+                if count:
+                    last.add_metric([gpu, name], float(code))
+        yield from (xid, last)
 
 
 class Metrics(Observer):
-    def __init__(self, model_name: str, gpu: bool = True) -> None:
+    def __init__(self, model_name: str, gpu: bool = True, tls_cert: Path | None = None) -> None:
         self.model = model_name
         self.registry = CollectorRegistry(auto_describe=True)
         self._stats: Callable[[], EngineStats | None] = lambda: None
@@ -208,9 +303,17 @@ class Metrics(Observer):
             P + "requests_rejected", "Requests refused before generation, by reason.", ["reason"], registry=r
         )
         r.register(_EngineCollector(lambda: self._stats(), model_name))
+        self._cert_not_after: float | None = None
+        r.register(_CertificateCollector(lambda: self._cert_not_after))
+        if tls_cert is not None:
+            self.served_certificate(tls_cert)
         self.nvml = NvmlCollector() if gpu else None
         if self.nvml is not None and self.nvml.available:
             r.register(self.nvml)
+
+    def served_certificate(self, path: Path) -> None:
+        """Record the expiry of the certificate now served: at startup and after each TLS reload."""
+        self._cert_not_after = certificate_not_after(path)
 
     def bind(self, stats: Callable[[], EngineStats | None]) -> None:
         self._stats = stats
