@@ -23,6 +23,7 @@ import ssl
 import sys
 import threading
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -53,7 +54,11 @@ class DaemonServer(uvicorn.Server):
         if self.tls_files is None or self.config.ssl is None:
             log.warning("reload requested but the daemon serves plain HTTP: nothing to reload")
             return False
-        return reload_tls(self.config.ssl, *self.tls_files)
+        ok = reload_tls(self.config.ssl, *self.tls_files)
+        metrics = getattr(self.state, "metrics", None)
+        if ok and metrics is not None:
+            metrics.served_certificate(Path(self.tls_files[0]))  # the expiry gauge follows the new one
+        return ok
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if not self.should_exit:
