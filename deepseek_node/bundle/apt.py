@@ -7,6 +7,7 @@ full install closure for an empty system and downloads exactly that.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -114,7 +115,18 @@ class PrivateApt:
             "cache/archives/partial",
         ):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        (root / "etc/sources.list").write_text(source.sources_list())
+        # apt reads keyrings as its unprivileged _apt user: an operator's keyring in a private directory
+        # would not verify, so each extra source's keyring is copied into this (readable) root.
+        keyrings = root / "etc/keyrings"
+        keyrings.mkdir(parents=True, exist_ok=True)
+        extra = []
+        for i, e in enumerate(source.extra):
+            copy = keyrings / f"extra-{i}{''.join(e.keyring.suffixes[-1:]) or '.gpg'}"
+            shutil.copyfile(e.keyring, copy)
+            copy.chmod(0o644)
+            extra.append(dataclasses.replace(e, keyring=copy))
+        listed = dataclasses.replace(source, extra=tuple(extra))
+        (root / "etc/sources.list").write_text(listed.sources_list())
         (root / "state/status").write_text("")  # an empty system: resolve the full closure
 
     def _opts(self) -> list[str]:
