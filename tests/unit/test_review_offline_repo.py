@@ -115,7 +115,9 @@ def test_publish_with_discovered_python_pip_backup_and_kept_sources(tmp_path: Pa
     assert "timeout = 60" in pip and "trusted-host = pypi.corp.example" in pip
     assert "no-index = true" in pip and f"find-links = {tmp_path}/dest/wheels" in pip
     backups = [p for p in tmp_path.iterdir() if p.name.startswith("pip.conf.")]
-    assert backups and backups[0].read_text() == SITE_PIP
+    # (one backup per edited setting: the oldest holds the file as the site had it)
+    oldest = min(backups, key=lambda b: b.stat().st_mtime_ns) if backups else None
+    assert oldest is not None and any(b.read_text() == SITE_PIP for b in backups), oldest
 
     # apt: the bundle plus what the operator kept (by file name, by URI); everything else disabled.
     left = sorted(p.name for p in (apt / "sources.list.d").iterdir())
