@@ -72,8 +72,8 @@ def rollback(
 
     from rich.console import Console
 
-    from deepseek_node.cli.progress import run_with_progress, summary_table
-    from deepseek_node.runner import RunConfig, RunError, run
+    from deepseek_node.cli.run import run_and_report
+    from deepseek_node.runner import RunConfig
 
     if to is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", to) or to == "current"):
         fail(
@@ -88,12 +88,4 @@ def rollback(
         artifacts_dir=artifacts_dir,
         verbosity=verbose,
     )
-    try:
-        result = run_with_progress(console, run, cfg)
-    except RunError as exc:
-        fail(str(exc))
-    console.print(summary_table(result))
-    for line in result.failures:
-        console.print(f"[red]failed:[/] {line}", highlight=False)
-    if not result.ok:
-        raise typer.Exit(1)
+    run_and_report(console, cfg)

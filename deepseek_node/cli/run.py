@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -10,7 +11,25 @@ from rich.console import Console
 from deepseek_node.cli.errors import fail
 from deepseek_node.cli.progress import run_with_progress, summary_table
 
+if TYPE_CHECKING:
+    from deepseek_node.runner import RunConfig
+
 console = Console()
+
+
+def run_and_report(console: Console, cfg: RunConfig) -> None:
+    """Run `cfg` with the live per-host view, print the summary and every failure; exit 1 on any."""
+    from deepseek_node.runner import RunError, run
+
+    try:
+        result = run_with_progress(console, run, cfg)
+    except RunError as exc:
+        fail(str(exc))
+    console.print(summary_table(result))
+    for line in result.failures:
+        console.print(f"[red]failed:[/] {line}", highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +48,7 @@ def register(app: typer.Typer) -> None:
         verbose: int = typer.Option(0, "--verbose", "-v", count=True),
     ) -> None:
         """Run site.yml (or one playbook) against an inventory; non-zero exit on any failure."""
-        from deepseek_node.runner import RunConfig, RunError, run
+        from deepseek_node.runner import RunConfig
 
         cfg = RunConfig(
             inventory=inventory,
@@ -42,12 +61,4 @@ def register(app: typer.Typer) -> None:
             artifacts_dir=artifacts_dir,
             verbosity=verbose,
         )
-        try:
-            result = run_with_progress(console, run, cfg)
-        except RunError as exc:
-            fail(str(exc))
-        console.print(summary_table(result))
-        for line in result.failures:
-            console.print(f"[red]failed:[/] {line}", highlight=False)
-        if not result.ok:
-            raise typer.Exit(1)
+        run_and_report(console, cfg)

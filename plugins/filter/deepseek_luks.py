@@ -164,31 +164,21 @@ def clevis_bind_config(desired: dict[str, Any], servers: list[dict[str, Any]], a
     return json.dumps({"t": int(desired["threshold"]), "pins": {"tang": tang}}, sort_keys=True)
 
 
+def _boot_opts(first: str, unlock: str, extra: list[str] | None) -> str:
+    opts = [first, *(["_netdev"] if unlock == "tang" else ["noauto"] if unlock == "none" else [])]
+    opts += [o for o in dict.fromkeys(extra or []) if o not in opts]
+    return ",".join(opts)
+
+
 def luks_crypttab_opts(unlock: str, extra: list[str] | None = None) -> str:
     """crypttab options: Tang needs the network up first (`_netdev`), or boot waits for a prompt; with no
     unattended unlock the volume is not opened at boot (`noauto`) but by an operator."""
-    opts = ["luks"]
-    if unlock == "tang":
-        opts.append("_netdev")
-    elif unlock == "none":
-        opts.append("noauto")
-    for o in extra or []:
-        if o not in opts:
-            opts.append(o)
-    return ",".join(opts)
+    return _boot_opts("luks", unlock, extra)
 
 
 def luks_mount_opts(unlock: str, extra: list[str] | None = None) -> str:
     """fstab options for the opened volume; `_netdev` orders the mount after the network with Tang."""
-    opts = ["defaults"]
-    if unlock == "tang":
-        opts.append("_netdev")
-    elif unlock == "none":
-        opts.append("noauto")
-    for o in extra or []:
-        if o not in opts:
-            opts.append(o)
-    return ",".join(opts)
+    return _boot_opts("defaults", unlock, extra)
 
 
 class FilterModule:
