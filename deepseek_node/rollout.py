@@ -84,3 +84,67 @@ def rollout_extravars(inventory: Mapping[str, Any], group: str = GROUP) -> dict[
     if problems:
         raise RolloutError("; ".join(problems))
     return out
+
+
+# A serving group changes as one unit: the plays' first step groups its members under this prefix
+# (`group_by` on deepseek_serving_group), because play keywords see `groups` but not host vars.
+ROLL_GROUP_PREFIX = "deepseek_roll_group_"
+DEFAULT_SERIAL: tuple[int | str, ...] = (1, "25%")
+
+
+def roll_units(groups: Mapping[str, Any], hosts: list[str]) -> list[list[str]]:
+    """`hosts` in order, each serving group's members together at its first member's place (one unit),
+    every other host a unit of its own."""
+    group_of: dict[str, str] = {}
+    for name, members in groups.items():
+        if name.startswith(ROLL_GROUP_PREFIX):
+            for member in members:
+                group_of.setdefault(str(member), name)
+    wanted = set(hosts)
+    units: list[list[str]] = []
+    placed: set[str] = set()
+    for host in hosts:
+        if host in placed:
+            continue
+        group = group_of.get(host)
+        unit = [m for m in groups[group] if m in wanted] if group else [host]
+        placed.update(unit)
+        units.append(unit)
+    return units
+
+
+def roll_order(groups: Mapping[str, Any], base: str = GROUP) -> list[str]:
+    """The play's hosts in rolling order: `base`'s hosts as the inventory lists them, a serving group's
+    members next to each other (so no batch boundary has to fall inside one)."""
+    return [h for unit in roll_units(groups, [str(h) for h in groups.get(base, [])]) for h in unit]
+
+
+def _batch_size(value: int | str, total: int) -> int:
+    # Ansible's own rule for `serial`: a percentage of the play's hosts, rounded down, at least one.
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return max(1, int(total * int(value.strip()[:-1]) / 100))
+    return max(1, int(value))
+
+
+def roll_batches(
+    play_hosts: list[str], groups: Mapping[str, Any], serial: Any = DEFAULT_SERIAL, base: str = GROUP
+) -> list[int]:
+    """`serial` as explicit batch sizes that never split a serving group, over the hosts of `base` that are
+    in `play_hosts` (Ansible offers the limited inventory there, not yet in play order), taken in
+    `roll_order`: a batch takes whole units up to its size; a group larger than the batch is a batch of its
+    own (it cannot change in halves). RolloutError for a malformed `serial`."""
+    steps = list(serial) if isinstance(serial, list | tuple) else [serial]
+    problems = check_rollout({"deepseek_serial": steps})
+    if problems:
+        raise RolloutError("; ".join(problems))
+    limited = {str(h) for h in play_hosts}
+    hosts = [h for h in roll_order(groups, base) if h in limited]
+    units = roll_units(groups, hosts)
+    sizes: list[int] = []
+    while units:
+        target = _batch_size(steps[min(len(sizes), len(steps) - 1)], len(hosts))
+        size = len(units.pop(0))
+        while units and size + len(units[0]) <= target:
+            size += len(units.pop(0))
+        sizes.append(size)
+    return sizes
