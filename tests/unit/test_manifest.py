@@ -84,3 +84,27 @@ def test_standalone_script_runs_with_stdlib_only(bundle: Path) -> None:
         text=True,
     )
     assert bad.returncode == 1 and "apt/a.deb" in bad.stderr
+
+
+def test_report_lists_are_sorted_whatever_the_walk_order(bundle: Path) -> None:
+    """Reports are compared across runs and hosts: every list is in path order, not directory order."""
+    for name in ("z.whl", "b.whl", "m.whl"):
+        (bundle / "wheels" / name).write_bytes(b"!")
+    (bundle / "apt" / "b.deb").write_bytes(b"deb")
+    (bundle / "apt" / "a.deb").write_bytes(b"DEB")
+    (bundle / "wheels" / "x.whl").unlink()
+    (bundle / "models" / "tiny" / "config.json").write_text("[]")
+    (bundle / "apt" / "link.deb").symlink_to("a.deb")
+    m.write_manifest(bundle / "wheels", {})  # a stray manifest below the root is just another extra file
+    report = m.verify_bundle(bundle)
+    assert report.missing == ["wheels/x.whl"]
+    assert report.altered == ["apt/a.deb", "models/tiny/config.json"]
+    assert report.extra == [
+        "apt/b.deb",
+        "wheels/b.whl",
+        "wheels/m.whl",
+        "wheels/manifest.json",
+        "wheels/z.whl",
+    ]
+    assert report.unsafe == ["apt/link.deb"]
+    assert report.problems() == m.verify_bundle(bundle).problems()
