@@ -362,6 +362,34 @@ class AuditConfig(_Strict):
         return Path(v) if isinstance(v, str) else v
 
 
+class GroupWorker(_Strict):
+    host: str = Field(min_length=1)
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        import ipaddress
+
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError(
+                f"{v!r} is not an IP address (the address the worker uses in its group)"
+            ) from None
+
+
+class GroupConfig(_Strict):
+    """This node is the head of a serving group (vLLM across several servers); its readiness covers the
+    workers, and metrics name the group."""
+
+    name: str = Field(min_length=1)
+    workers: list[GroupWorker] = Field(min_length=1)
+    # A lost worker leaves the head's engine unable to serve: stop it so its unit restarts it and it
+    # waits for the workers to join again.
+    restart_engine_on_loss: bool = True
+
+
 class DaemonConfig(_Strict):
     model: ModelConfig
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -369,6 +397,7 @@ class DaemonConfig(_Strict):
     auth: AuthConfig
     audit: AuditConfig = Field(default_factory=AuditConfig)
     vllm: VllmConfig | None = None
+    group: GroupConfig | None = None
     plan: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -385,6 +414,11 @@ class DaemonConfig(_Strict):
             raise ValueError("engine.kind is vllm: add a vllm section (python + args, or url + api_key_file)")
         if self.engine.kind is not EngineKind.VLLM and self.vllm is not None:
             raise ValueError("a vllm section is set but engine.kind is builtin: set engine.kind: vllm")
+        if self.group is not None and (self.vllm is None or self.vllm.managed):
+            raise ValueError(
+                "a group section needs vLLM as its own unit (vllm.url): a serving group's engine runs under "
+                "systemd on every member"
+            )
         for key in self.auth.api_keys:
             unknown = [m for m in key.models if m != self.model.served_name]
             if unknown:

@@ -105,6 +105,12 @@ def build_state(
         from deepseek_node.daemon.engines.vllm import VllmEngine
 
         engine = VllmEngine(config, on_fatal=on_fatal)
+        if config.group is not None:
+            metrics.serving_group(
+                config.group.name,
+                [w.host for w in config.group.workers],
+                lambda: [host for host, _ in engine.missing_workers],
+            )
     else:
         from deepseek_node.daemon.engines.builtin.assemble import build_engine
 

@@ -30,6 +30,7 @@ def config_for(
     server: dict[str, Any] | None = None,
     audit: dict[str, Any] | None = None,
     vllm: dict[str, Any] | None = None,
+    group: dict[str, Any] | None = None,
 ) -> DaemonConfig:
     """A config like the Ansible role renders, for a local model directory, listening on 127.0.0.1."""
     data: dict[str, Any] = {
@@ -65,6 +66,8 @@ def config_for(
     if vllm is not None:
         data["engine"]["kind"] = "vllm"
         data["vllm"] = vllm
+    if group is not None:
+        data["group"] = group
     return parse_config(data, "test config")
 
 

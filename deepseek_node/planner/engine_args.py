@@ -14,6 +14,7 @@ The checkpoint matters as much as the plan: vLLM serves a checkpoint in its own 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -304,9 +305,12 @@ def group_vllm_args(
     master_port: int = DEFAULT_MASTER_PORT,
     host: str = DEFAULT_HOST,
     checkpoint_quant: str | None = None,
+    addresses: Mapping[str, str] | None = None,
 ) -> list[RankCommand]:
     """Every rank's command line for a serving group's plan, head (rank 0) first, in `group.hosts` order
-    (ranks are named rank-N where the plan has no hosts)."""
+    (ranks are named rank-N where the plan has no hosts). `addresses` (host -> the address the group uses)
+    become each rank's VLLM_HOST_IP: vLLM advertises it to the other ranks instead of guessing an
+    interface, which on a server with several networks may be one the others cannot reach."""
     hosts = list(group.hosts) or [f"rank-{k}" for k in range(group.servers)]
     if len(hosts) != group.servers:
         raise ValueError(f"{len(hosts)} hosts for a group of {group.servers} servers")
@@ -322,7 +326,10 @@ def group_vllm_args(
             # `vllm serve` takes the model as its positional argument (--model there is deprecated).
             at = argv.index("--model")
             argv = ["serve", argv[at + 1], *argv[:at], *argv[at + 2 :]]
-        commands.append(RankCommand(rank, name, role, module, argv, vllm_env(group.plan)))
+        env = vllm_env(group.plan)
+        if addresses and name in addresses:
+            env["VLLM_HOST_IP"] = str(addresses[name])
+        commands.append(RankCommand(rank, name, role, module, argv, env))
     return commands
 
 

@@ -144,7 +144,8 @@ def deepseek_group_plan(
              model_path=inference_daemon_model_dest, port=8000,
              inference_nodes=groups['inference_nodes']) }}
 
-    Returns `{"group", "head", "hosts", "config": <deepseek_plan's answer>, "interconnect", "warnings",
+    Returns `{"group", "head", "hosts", "addresses": {host: address}, "master_addr", "master_port",
+    "config": <deepseek_plan's answer>, "interconnect", "warnings",
     "ranks": {host: {"rank", "role", "module", "argv", "env"}}}`; fails the task, naming the group, host and
     fix, as `provision plan` refuses the group. (A host in two serving groups shows only in the inventory's
     structure: `provision plan` and `provision check` refuse it.)
@@ -190,6 +191,9 @@ def deepseek_group_plan(
         ) from exc
     result = serving.plan()
     quant = result.plan.model.quant_method if checkpoint_quant is _FROM_MODEL else checkpoint_quant
+    addresses = {
+        h: str(hostvars[h].get(ADDRESS_KEY) or hostvars[h].get("ansible_host") or h) for h in result.hosts
+    }
     try:
         ranks = group_vllm_args(
             result,
@@ -200,6 +204,7 @@ def deepseek_group_plan(
             master_port=serving.master_port,
             host=str(bind_host),
             checkpoint_quant=quant,
+            addresses=addresses,
         )
     except ValueError as exc:  # CheckpointMismatchError, a bad port or path
         raise AnsibleFilterError(f"deepseek_group_plan: serving group {name}: {exc}") from exc
@@ -209,6 +214,9 @@ def deepseek_group_plan(
         "group": name,
         "head": result.head,
         "hosts": list(result.hosts),
+        "addresses": addresses,
+        "master_addr": serving.master_addr,
+        "master_port": serving.master_port,
         "config": config,
         "interconnect": result.handoff.to_dict() if result.handoff else None,
         "warnings": list(result.warnings),

@@ -119,6 +119,29 @@ class _EngineCollector(Collector):
         yield g
 
 
+class _GroupCollector(Collector):
+    """The serving group this head drives: one series per worker, 1 while it is part of the engine."""
+
+    def __init__(self, group: str, workers: list[str], missing: Callable[[], list[str]]) -> None:
+        self._group, self._workers, self._missing = group, workers, missing
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        down = set(self._missing())
+        g = GaugeMetricFamily(
+            P + "serving_group_worker_connected",
+            "1 while the worker server is connected to this head's engine.",
+            labels=["group", "worker"],
+        )
+        for w in self._workers:
+            g.add_metric([self._group, w], 0.0 if w in down else 1.0)
+        yield g
+        g = GaugeMetricFamily(
+            P + "serving_group_info", "The serving group this node is the head of.", labels=["group", "role"]
+        )
+        g.add_metric([self._group, "head"], 1.0)
+        yield g
+
+
 def certificate_not_after(path: Path) -> float | None:
     """notAfter of the PEM certificate at `path` as a Unix time, or None when it cannot be read."""
     try:
@@ -317,6 +340,10 @@ class Metrics(Observer):
 
     def bind(self, stats: Callable[[], EngineStats | None]) -> None:
         self._stats = stats
+
+    def serving_group(self, group: str, workers: list[str], missing: Callable[[], list[str]]) -> None:
+        """Series naming this head's serving group and whether each worker is connected."""
+        self.registry.register(_GroupCollector(group, workers, missing))
 
     # Observer hooks (called on the event loop by BatchingEngine)
 

@@ -25,6 +25,7 @@ import httpx
 
 from deepseek_node.daemon.config import DaemonConfig, VllmConfig
 from deepseek_node.daemon.engines.interface import EngineState, EngineStats, EngineUnavailable, RelayEngine
+from deepseek_node.daemon.engines.vllm import group as serving_group
 from deepseek_node.daemon.engines.vllm.process import VllmProcess, free_loopback_port
 
 __all__ = ["EngineUnavailable", "VllmEngine", "engine_series"]
@@ -62,6 +63,8 @@ class VllmEngine(RelayEngine):
     def __init__(self, config: DaemonConfig, on_fatal: Callable[[str], None] | None = None) -> None:
         assert config.vllm is not None
         self.cfg: VllmConfig = config.vllm
+        self.group = config.group
+        self.missing_workers: list[tuple[str, str]] = []
         self.served_name = config.model.served_name
         self.max_context = config.model.max_context
         self.on_fatal = on_fatal
@@ -132,6 +135,16 @@ class VllmEngine(RelayEngine):
             return False
         return r.status_code == 200
 
+    def _group_missing(self) -> list[tuple[str, str]]:
+        """Workers of this head's serving group that are not connected to it (none without a group)."""
+        if self.group is None:
+            return []
+        peers = serving_group.connected_peers(serving_group.read_sockets())
+        return serving_group.missing_workers(((w.host, w.address) for w in self.group.workers), peers)
+
+    def _engine_port(self) -> int | None:
+        return httpx.URL(self._base_url).port
+
     async def _watch(self) -> None:
         t0 = time.monotonic()
         while self._state not in (EngineState.STOPPED,):
@@ -140,8 +153,26 @@ class VllmEngine(RelayEngine):
                     self._fail(f"vLLM exited with status {self._proc.exit_code()}: {self._proc.failure()}")
                 return
             ok = await self._healthy()
+            missing = self._group_missing()
+            self.missing_workers = missing
             if self._state is EngineState.DRAINING:
                 pass
+            elif ok and missing and self.group is not None:
+                lost = self._state is EngineState.READY
+                self._state = EngineState.FAILED if lost else EngineState.LOADING
+                self.load_error = serving_group.describe_missing(self.group.name, missing)
+                if lost:
+                    log.error("%s", self.load_error)
+                    port = self._engine_port()
+                    if self.group.restart_engine_on_loss and port is not None:
+                        pid = await asyncio.to_thread(serving_group.stop_engine, port)
+                        if pid is not None:
+                            log.warning(
+                                "stopped the head's engine (pid %d): it restarts and waits for "
+                                "the group to form again",
+                                pid,
+                            )
+                    t0 = time.monotonic()
             elif ok and self._state is not EngineState.READY:
                 log.info("vLLM is ready after %.1fs", time.monotonic() - t0)
                 self._state, self.load_error = EngineState.READY, None
