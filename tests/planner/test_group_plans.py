@@ -260,6 +260,12 @@ def test_group_plan_filter_through_ansible(tmp_path: Path) -> None:
     assert msg["config"]["plan"]["precision"] == "fp8" and msg["config"]["model"]["pipeline_parallel"] == 2
     worker = msg["ranks"]["gpu-b"]
     assert (worker["rank"], worker["role"], worker["module"]) == (1, "worker", ea.VLLM_CLI_MODULE)
+    assert msg["addresses"] == {"gpu-a": "10.9.0.1", "gpu-b": "10.9.0.2"}
+    assert (msg["master_addr"], msg["master_port"]) == ("10.9.0.1", 29501)
+    assert (
+        worker["env"]["VLLM_HOST_IP"] == "10.9.0.2"
+        and msg["ranks"]["gpu-a"]["env"]["VLLM_HOST_IP"] == "10.9.0.1"
+    )
     assert worker["argv"][worker["argv"].index("--master-addr") + 1] == "10.9.0.1"
     assert "--headless" in worker["argv"] and "--headless" not in msg["ranks"]["gpu-a"]["argv"]
     bad = _ansible(tmp_path / "bad", "gpu-q")

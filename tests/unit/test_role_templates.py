@@ -174,3 +174,106 @@ def test_the_bundle_carries_what_vllm_hosts_install() -> None:
         + defaults["inference_daemon_vllm_compiler_apt_packages"]
     )
     assert set(vllm) <= carried, sorted(set(vllm) - carried)
+
+
+# --- a serving group: the head's engine and gateway, a worker's headless engine ---
+
+
+def _group_units(tmp_path) -> dict[str, str]:
+    from deepseek_node.planner import HARDWARE_PROFILES, MODELS, Goal
+    from deepseek_node.planner import engine_args as ea
+    from deepseek_node.planner.group import GroupRequest, plan_group
+
+    g = plan_group(GroupRequest(MODELS["deepseek-r1"], HARDWARE_PROFILES["h100-sxm-80g-x8"], 2, Goal.THROUGHPUT,
+                                None, "r1_pair", ("gpu-a", "gpu-b")))  # fmt: skip
+    head, worker = ea.group_vllm_args(
+        g, model_path="/m", served_name="deepseek-r1", port=8000, master_addr="10.9.0.1",
+        checkpoint_quant="fp8", addresses={"gpu-a": "10.9.0.1", "gpu-b": "10.9.0.2"},
+    )  # fmt: skip
+    env = _env()
+    out = {}
+    for cmd, peer in ((head, "10.9.0.2"), (worker, "10.9.0.1")):
+        out[cmd.role] = env.get_template("deepseek-node-engine.service.j2").render(
+            **{**_ENGINE_COMMON, "engine_module": cmd.module, "engine_argv": cmd.argv,
+               "engine_env": {**cmd.env, "NCCL_SOCKET_IFNAME": "eth1"}},
+            daemon_gpu=True,
+            engine_script="/opt/deepseek-node/vllm-venv/bin/deepseek-vllm-serve" if cmd.role == "worker" else "",
+            engine_group="r1_pair", engine_group_role=cmd.role, engine_group_peers=[peer],
+        )  # fmt: skip
+    return out
+
+
+def test_group_units_run_each_rank_reach_only_the_members_and_restart_to_rejoin(tmp_path) -> None:
+    units = _group_units(tmp_path)
+    for role, peer in (("head", "10.9.0.2"), ("worker", "10.9.0.1")):
+        lines = [line for line in units[role].splitlines() if "=" in line and not line.startswith("#")]
+        keys = dict(line.split("=", 1) for line in lines)
+        assert keys["IPAddressAllow"] == f"localhost {peer}"
+        assert keys["Restart"] == "always" and f"{role} of serving group r1_pair" in keys["Description"]
+        envs = [json.loads(line.split("=", 1)[1]) for line in lines if line.startswith('Environment="')]
+        assert "NCCL_SOCKET_IFNAME=eth1" in envs
+        assert f"VLLM_HOST_IP={'10.9.0.1' if role == 'head' else '10.9.0.2'}" in envs
+        exec_start = shlex.split(keys["ExecStart"])
+        assert "--api-key" not in exec_start
+    head = shlex.split(
+        dict(x.split("=", 1) for x in units["head"].splitlines() if x.startswith("ExecStart="))["ExecStart"]
+    )
+    worker = shlex.split(
+        dict(x.split("=", 1) for x in units["worker"].splitlines() if x.startswith("ExecStart="))["ExecStart"]
+    )
+    assert head[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and "--headless" not in head
+    assert (
+        worker[1:3] == ["/opt/deepseek-node/vllm-venv/bin/deepseek-vllm-serve", "serve"]
+        and "--headless" in worker
+    )
+
+
+def test_group_units_stay_sandboxed(tmp_path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    for role, text in _group_units(tmp_path).items():
+        path = tmp_path / "deepseek-node-engine.service"
+        path.write_text(text)
+        out = subprocess.run(
+            ["systemd-analyze", "security", "--offline=true", "--no-pager", str(path)],
+            capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        score = float(out.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0])
+        assert score <= 2.0, f"{role}: {score}\n{out}"
+
+
+def test_the_heads_daemon_config_names_its_workers() -> None:
+    daemon_vars = _daemon_vars("vllm")
+    text = (
+        _env()
+        .get_template("daemon.yaml.j2")
+        .render(
+            **daemon_vars,
+            daemon_group={"name": "r1_pair", "workers": [{"key": "gpu-b", "value": "10.9.0.2"}]},
+        )
+    )
+    cfg = parse_config(yaml.safe_load(text), "rendered daemon.yaml")
+    assert cfg.group is not None and cfg.group.name == "r1_pair"
+    assert [(w.host, w.address) for w in cfg.group.workers] == [("gpu-b", "10.9.0.2")]
+    single = parse_config(yaml.safe_load(_env().get_template("daemon.yaml.j2").render(**daemon_vars)), "x")
+    assert single.group is None
+
+
+def test_the_worker_launcher_answers_for_the_cpu_build_and_guards_spawned_children(tmp_path) -> None:
+    import subprocess
+
+    launcher = (REPO / "roles/inference_daemon/files/vllm_serve.py").read_text()
+    assert 'if __name__ == "__main__":' in launcher
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        launcher.split('if __name__ == "__main__":')[0]
+        + "import importlib.metadata as m\nprint(m.version('vllm'))\n"
+    )
+    out = subprocess.run([str(REPO / ".venv-vllm/bin/python"), str(probe)], capture_output=True, text=True)
+    if out.returncode != 0 and "No module" in out.stderr:
+        pytest.skip("no .venv-vllm")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("+cpu") or out.stdout.strip()[0].isdigit()
