@@ -1,8 +1,9 @@
-"""The bundle's apt repository: real Debian packages with their dependencies, in a signed flat repo.
+"""The bundle's apt repository: real Debian or Ubuntu packages with their dependencies, in a signed flat repo.
 
 Resolution runs in a private apt root (own sources, lists, cache and an empty dpkg status) so it neither
 touches the controller's apt state nor assumes anything is installed on a bare target: apt computes the
-full install closure for an empty system and downloads exactly that.
+full install closure for an empty system and downloads exactly that. Debian's archive is the default
+mirror; Ubuntu's is reached through a mirror the operator names (--mirror).
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from deepseek_node.bundle.manifest import BundleError
+from deepseek_node.bundle.target import DEFAULT_SUITE, SUITES
 
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-COMPONENTS = "main contrib non-free non-free-firmware"
+UBUNTU_KEYRING = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 SIGNING_UID = "deepseek-node offline archive <offline-archive@deepseek-node.invalid>"
 
 
@@ -73,29 +78,122 @@ def parse_extra_source(line: str) -> ExtraSource:
 
 
 @dataclass(frozen=True)
+class Archive:
+    """A distribution's archive as apt sees it: its components, the key that signs its Release files and
+    the mirrors to use when the operator names none."""
+
+    components: tuple[str, ...]
+    keyring: str
+    # None: no default (Ubuntu's archive is reached through the operator's mirror only).
+    mirror: str | None
+    # None: the -security pocket lives on the mirror itself.
+    security_mirror: str | None
+
+
+ARCHIVES: dict[str, Archive] = {
+    "Debian": Archive(
+        ("main", "contrib", "non-free", "non-free-firmware"),
+        DEBIAN_KEYRING,
+        DEBIAN_MIRROR,
+        DEBIAN_SECURITY_MIRROR,
+    ),
+    # restricted carries the NVIDIA driver; universe clevis and Prometheus.
+    "Ubuntu": Archive(("main", "restricted", "universe", "multiverse"), UBUNTU_KEYRING, None, None),
+}
+
+
+def pockets(suite: str) -> tuple[str, str, str]:
+    return (suite, f"{suite}-updates", f"{suite}-security")
+
+
+@dataclass(frozen=True)
 class AptSource:
-    mirror: str = "http://deb.debian.org/debian"
-    security_mirror: str = "http://deb.debian.org/debian-security"
-    suite: str = "bookworm"
+    mirror: str = DEBIAN_MIRROR
+    security_mirror: str = DEBIAN_SECURITY_MIRROR
+    suite: str = DEFAULT_SUITE
     arch: str = "amd64"
     extra: tuple[ExtraSource, ...] = ()
+    # The key the mirror's Release files are signed with.
+    keyring: str = DEBIAN_KEYRING
+
+    @property
+    def archive(self) -> Archive:
+        return ARCHIVES[SUITES[self.suite][0]]
 
     def sources_list(self) -> str:
-        signed = f"[arch={self.arch} signed-by={DEBIAN_KEYRING}]"
+        signed = f"[arch={self.arch} signed-by={self.keyring}]"
+        components = " ".join(self.archive.components)
+        release, updates, security = pockets(self.suite)
         return (
-            f"deb {signed} {self.mirror} {self.suite} {COMPONENTS}\n"
-            f"deb {signed} {self.mirror} {self.suite}-updates {COMPONENTS}\n"
-            f"deb {signed} {self.security_mirror} {self.suite}-security {COMPONENTS}\n"
+            f"deb {signed} {self.mirror} {release} {components}\n"
+            f"deb {signed} {self.mirror} {updates} {components}\n"
+            f"deb {signed} {self.security_mirror} {security} {components}\n"
         ) + "".join(e.line(self.arch) + "\n" for e in self.extra)
 
 
-def _run(argv: Sequence[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+def archive_source(
+    suite: str,
+    mirror: str | None = None,
+    security_mirror: str | None = None,
+    keyring: str | None = None,
+    extra: tuple[ExtraSource, ...] = (),
+    arch: str = "amd64",
+) -> AptSource:
+    """The suite's archive with the operator's mirror and keyring where given, its distribution's defaults
+    elsewhere; BundleError naming the flag when a required one is missing."""
+    if suite not in SUITES:
+        raise BundleError(
+            f"--suite {suite!r} is not a release bundles are built for: choose from {', '.join(SUITES)}"
+        )
+    distribution, release, _python = SUITES[suite]
+    archive = ARCHIVES[distribution]
+    mirror = mirror or archive.mirror
+    if not mirror:
+        components = " ".join(archive.components)
+        raise BundleError(
+            f"--suite {suite} ({distribution} {release}) is built from a mirror of {distribution}'s archive: "
+            f"give --mirror URI, e.g. --mirror http://mirror.example/{distribution.lower()} (it must carry "
+            f"{', '.join(pockets(suite))} with {components}, signed by {distribution}'s archive key or "
+            "the one given with --mirror-keyring)"
+        )
+    return AptSource(
+        mirror=mirror,
+        security_mirror=security_mirror or archive.security_mirror or mirror,
+        suite=suite,
+        arch=arch,
+        extra=extra,
+        keyring=keyring or archive.keyring,
+    )
+
+
+def check_keyring(source: AptSource) -> None:
+    """apt verifies the mirror's Release files with this keyring: missing, every update would fail."""
+    if Path(source.keyring).is_file():
+        return
+    distribution = SUITES[source.suite][0]
+    if source.keyring == source.archive.keyring:
+        raise BundleError(
+            f"--suite {source.suite}: {distribution}'s archive keyring {source.keyring} is not on this machine: "
+            f"copy it there, or give --mirror-keyring FILE (the key that signs {source.mirror})"
+        )
+    raise BundleError(
+        f"--mirror-keyring {source.keyring} does not exist: give the key file that signs {source.mirror}"
+    )
+
+
+def _capture(
+    argv: Sequence[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=cwd, check=False)
+        return subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=cwd, check=False)
     except FileNotFoundError as exc:
         raise BundleError(
             f"{what}: {argv[0]} is not installed on the controller (apt-get install it)"
         ) from exc
+
+
+def _run(argv: Sequence[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    proc = _capture(argv, what, env, cwd)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
         raise BundleError(f"{what} failed (exit {proc.returncode}):\n  " + "\n  ".join(tail))
@@ -116,16 +214,17 @@ class PrivateApt:
         ):
             (root / sub).mkdir(parents=True, exist_ok=True)
         # apt reads keyrings as its unprivileged _apt user: an operator's keyring in a private directory
-        # would not verify, so each extra source's keyring is copied into this (readable) root.
+        # would not verify, so the mirror's and each extra source's keyring are copied into this (readable) root.
         keyrings = root / "etc/keyrings"
         keyrings.mkdir(parents=True, exist_ok=True)
-        extra = []
-        for i, e in enumerate(source.extra):
-            copy = keyrings / f"extra-{i}{''.join(e.keyring.suffixes[-1:]) or '.gpg'}"
-            shutil.copyfile(e.keyring, copy)
-            copy.chmod(0o644)
-            extra.append(dataclasses.replace(e, keyring=copy))
-        listed = dataclasses.replace(source, extra=tuple(extra))
+        listed = dataclasses.replace(
+            source,
+            keyring=str(_copy_keyring(Path(source.keyring), keyrings / "archive")),
+            extra=tuple(
+                dataclasses.replace(e, keyring=_copy_keyring(e.keyring, keyrings / f"extra-{i}"))
+                for i, e in enumerate(source.extra)
+            ),
+        )
         (root / "etc/sources.list").write_text(listed.sources_list())
         (root / "state/status").write_text("")  # an empty system: resolve the full closure
 
@@ -152,25 +251,45 @@ class PrivateApt:
     def update(self) -> None:
         _run(["apt-get", *self._opts(), "-qq", "update"], "apt-get update (bundle's private apt root)")
 
+    def resolve(self, packages: Sequence[str]) -> dict[str, str]:
+        """{package: version} of everything an empty system needs to install `packages` (apt's simulation);
+        MissingPackages naming each package the mirror lacks."""
+        proc = _capture(
+            ["apt-get", *self._opts(), "-s", "-y", "install", *packages], "simulating the install"
+        )
+        if proc.returncode != 0:
+            missing = missing_packages(proc.stdout + "\n" + proc.stderr)
+            if missing:
+                raise MissingPackages(missing_message(missing, self.source))
+            # The unmet dependencies are on stdout, apt's verdict on stderr: both say what went wrong.
+            said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+            raise BundleError(
+                f"resolving {', '.join(packages)} failed (exit {proc.returncode}):\n  "
+                + "\n  ".join(said[-8:])
+            )
+        return installs(proc.stdout)
+
     def download_closure(self, packages: Sequence[str], dest: Path) -> list[Path]:
         """Download `packages` and every dependency an empty system would need into `dest`."""
         if not packages:
             return []
+        # Resolve first: a package the mirror lacks is named, with the suite and mirror, before any download.
+        wanted = self.resolve(packages)
         archives = self.root / "cache/archives"
         _run(
             ["apt-get", *self._opts(), "-qq", "-y", "--download-only", "install", *packages],
             f"resolving and downloading {', '.join(packages)}",
         )
         dest.mkdir(parents=True, exist_ok=True)
-        # The cache keeps older downloads too; take only what this resolution asked for.
-        wanted = self._resolved_names(packages)
+        # The cache keeps older downloads, and other releases' (one cache serves every suite): take exactly
+        # the versions this resolution chose.
         debs = []
         for deb in sorted(archives.glob("*.deb")):
-            if deb.name.split("_", 1)[0] in wanted:
+            if deb_version(deb.name) in wanted.items():
                 target = dest / deb.name
                 shutil.copy2(deb, target)
                 debs.append(target)
-        missing = wanted - {d.name.split("_", 1)[0] for d in debs}
+        missing = set(wanted) - {d.name.split("_", 1)[0] for d in debs}
         if missing:
             raise BundleError(
                 f"apt resolved but did not download: {', '.join(sorted(missing))}; rerun the build"
@@ -178,11 +297,73 @@ class PrivateApt:
         return debs
 
     def _resolved_names(self, packages: Sequence[str]) -> set[str]:
-        out = _run(
-            ["apt-get", *self._opts(), "-s", "-y", "install", *packages],
-            "simulating the install closure",
-        )
-        return {line.split()[1] for line in out.splitlines() if line.startswith("Inst ")}
+        return set(self.resolve(packages))
+
+
+class MissingPackages(BundleError):
+    """The mirror lacks packages the bundle needs; the message names them, the suite and the mirror."""
+
+
+_INST = re.compile(r"^Inst (?P<name>\S+) (?:\[\S+\] )?\((?P<version>\S+) ")
+# apt-get's words for a package it cannot find, asked for directly or needed by another.
+_NOT_FOUND = (
+    re.compile(r"^E: Unable to locate package (?P<name>\S+)"),
+    re.compile(r"^E: Package '(?P<name>[^']+)' has no installation candidate"),
+)
+_UNMET = re.compile(
+    r"^\s*(?:(?P<by>\S+) : )?(?:Pre-?)?Depends: (?P<name>\S+)(?: \([^)]*\))? but it is (?:not installable|a virtual package)"
+)
+_UNMET_HEAD = re.compile(r"^\s*(?P<by>\S+) : ")
+
+
+def deb_version(filename: str) -> tuple[str, str]:
+    """(package, version) of a .deb in apt's cache: NAME_VERSION_ARCH.deb, the epoch's ':' as %3a."""
+    name, version = filename.split("_")[:2]
+    return name, unquote(version)
+
+
+def installs(simulation: str) -> dict[str, str]:
+    """{package: version} from `apt-get -s install` output ("Inst NAME [OLD] (VERSION ORIGIN [ARCH])")."""
+    return {m["name"]: m["version"] for m in map(_INST.match, simulation.splitlines()) if m}
+
+
+def missing_packages(apt_output: str) -> dict[str, str | None]:
+    """{package: the package that needs it, or None when it was asked for} for each package apt could not
+    find in `apt_output`."""
+    missing: dict[str, str | None] = {}
+    by = None
+    for line in apt_output.splitlines():
+        for pattern in _NOT_FOUND:
+            if m := pattern.match(line):
+                missing.setdefault(m["name"], None)
+        if head := _UNMET_HEAD.match(line):
+            by = head["by"]
+        if m := _UNMET.match(line):
+            missing.setdefault(m["name"], m["by"] or by)
+    return missing
+
+
+def missing_message(missing: dict[str, str | None], source: AptSource) -> str:
+    distribution, release, _python = SUITES[source.suite]
+    named = ", ".join(f"{name} (needed by {by})" if by else name for name, by in sorted(missing.items()))
+    searched = f"{source.mirror}" + (
+        f" and {source.security_mirror}" if source.security_mirror != source.mirror else ""
+    )
+    extra = f", nor in the {len(source.extra)} --apt-source repositories" if source.extra else ""
+    return (
+        f"{distribution} {release} ({', '.join(pockets(source.suite))}: {' '.join(source.archive.components)}) "
+        f"at {searched} has no {named}{extra}. Check that the mirror carries every pocket and component "
+        "(a partial mirror may leave some out) and that --apt-package names are spelled right, or leave the "
+        "role that needs it out (--skip-role)"
+    )
+
+
+def _copy_keyring(keyring: Path, stem: Path) -> Path:
+    """`keyring` copied to `stem` with its suffix (apt tells armored .asc keys from binary ones by it)."""
+    copy = stem.with_name(stem.name + ("".join(keyring.suffixes[-1:]) or ".gpg"))
+    shutil.copyfile(keyring, copy)
+    copy.chmod(0o644)
+    return copy
 
 
 def _gpg(home: Path, *args: str, what: str) -> str:

@@ -1,7 +1,9 @@
 """Assemble an offline bundle: apt repo + wheelhouses (daemon, engines) + model + manifest, written atomically.
 
 What goes in comes from one description point: each role's `defaults/main.yml` declares the apt packages
-it installs as `<role>_bundle_apt_packages`, and the build reads exactly those lists.
+it installs as `<role>_bundle_apt_packages`, and the build reads exactly those lists. A release whose
+archive names them otherwise (Ubuntu's driver packages, Debian 13's and Ubuntu 24.04's renamed libraries)
+has its whole list in `<role>_bundle_apt_packages_by_suite`, keyed by apt suite.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from deepseek_node import __version__
-from deepseek_node.bundle.apt import AptSource, PrivateApt, build_flat_repo
+from deepseek_node.bundle.apt import AptSource, MissingPackages, PrivateApt, build_flat_repo, check_keyring
 from deepseek_node.bundle.manifest import MANIFEST, BundleError, write_manifest
-from deepseek_node.bundle.target import bundle_target
+from deepseek_node.bundle.target import DEFAULT_SUITE, SUITES, bundle_target
 from deepseek_node.bundle.wheels import (
     ENGINES,
     ENGINES_DIR,
@@ -70,10 +73,31 @@ def model_version_default(files: dict[str, dict[str, object]], model_path: str) 
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def suite_packages(defaults: Mapping[str, object], key: str, suite: str) -> object:
+    """`key`'s value for `suite`: its entry in `<key>_by_suite` where the release names the packages
+    otherwise, else `key` itself."""
+    by_suite = defaults.get(f"{key}_by_suite") or {}
+    if isinstance(by_suite, Mapping) and suite in by_suite:
+        return by_suite[suite]
+    return defaults.get(key) or []
+
+
+def _check_by_suite(defaults: Mapping[str, object], key: str, where: Path) -> None:
+    by_suite = defaults.get(f"{key}_by_suite") or {}
+    if not isinstance(by_suite, Mapping):
+        raise BundleError(f"{where}: {key}_by_suite must map apt suites to package lists")
+    unknown = sorted(set(by_suite) - set(SUITES))
+    if unknown:
+        raise BundleError(
+            f"{where}: {key}_by_suite names unknown suite(s) {', '.join(map(str, unknown))}: "
+            f"use {', '.join(SUITES)}"
+        )
+
+
 def role_apt_packages(
-    project_root: Path, skip_roles: tuple[str, ...] = (), vendor: bool = False
+    project_root: Path, skip_roles: tuple[str, ...] = (), vendor: bool = False, suite: str = DEFAULT_SUITE
 ) -> dict[str, list[str]]:
-    """{role: [packages]} from every role's `<role>_bundle_apt_packages` default, plus its
+    """{role: [packages]} for `suite` from every role's `<role>_bundle_apt_packages` default, plus its
     `<role>_bundle_vendor_apt_packages` when `vendor` (an extra apt source, e.g. NVIDIA's, is given)."""
     roles = {p.parent.parent.name for p in project_root.glob("roles/*/defaults/main.yml")}
     unknown = sorted(set(skip_roles) - roles)
@@ -92,13 +116,32 @@ def role_apt_packages(
             f"{role}_bundle_apt_packages",
             *([f"{role}_bundle_vendor_apt_packages"] if vendor else []),
         ):
-            listed = data.get(key) or []
+            _check_by_suite(data, key, defaults)
+            listed = suite_packages(data, key, suite)
             if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-                raise BundleError(f"{defaults}: {key} must be a list of package names")
+                raise BundleError(f"{defaults}: {key} (for {suite}) must be a list of package names")
             pkgs += listed
         if pkgs:
             out[role] = pkgs
     return out
+
+
+def python_mismatch(project_root: Path, suite: str) -> str:
+    """Why the project's wheel cannot install on `suite`'s python3; '' when it can."""
+    from packaging.specifiers import SpecifierSet  # ansible-core's dependency: always beside the controller
+
+    pyproject = project_root / "pyproject.toml"
+    if not pyproject.is_file():
+        return ""
+    requires = tomllib.loads(pyproject.read_text())["project"].get("requires-python")
+    distribution, release, python = SUITES[suite]
+    if not requires or SpecifierSet(requires).contains(python):
+        return ""
+    return (
+        f"--suite {suite}: {distribution} {release}'s python3 is {python} and deepseek-node requires Python "
+        f"{requires}: the daemon's wheels would not install there. Choose a release whose python3 fits "
+        f"({', '.join(s for s, (_d, _r, py) in SUITES.items() if SpecifierSet(requires).contains(py))})"
+    )
 
 
 def _check_model_dir(model_dir: Path) -> None:
@@ -181,8 +224,8 @@ def _remove_empty_parents(path: Path, created: Path | None) -> None:
 def _apt_hint(exc: BundleError, source: AptSource) -> BundleError:
     return BundleError(
         f"{exc}\nfix: check that --mirror {source.mirror} and --security-mirror {source.security_mirror} "
-        f"are reachable from this machine, that --suite {source.suite} exists there, and that every "
-        "--apt-package is spelled right"
+        f"are reachable from this machine, that --suite {source.suite} exists there, signed by the key in "
+        f"{source.keyring} (--mirror-keyring), and that every --apt-package is spelled right"
     )
 
 
@@ -202,6 +245,10 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
     _check_out(spec.out, spec.model_dir)
     _check_model_dir(spec.model_dir)
     _check_engines(spec)
+    why = python_mismatch(spec.project_root, spec.apt_source.suite)
+    if why:
+        raise BundleError(why)
+    check_keyring(spec.apt_source)
     if spec.model_version is not None:
         check_model_version(spec.model_version)
     staging = spec.out.with_name(spec.out.name + ".partial")
@@ -210,13 +257,20 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
     staging.mkdir()
     started = time.monotonic()
     try:
-        packages = role_apt_packages(spec.project_root, spec.skip_roles, vendor=bool(spec.apt_source.extra))
+        packages = role_apt_packages(
+            spec.project_root,
+            spec.skip_roles,
+            vendor=bool(spec.apt_source.extra),
+            suite=spec.apt_source.suite,
+        )
         wanted = sorted({p for pkgs in packages.values() for p in pkgs} | set(spec.extra_apt_packages))
         progress(f"apt: resolving {len(wanted)} packages and their dependencies ({spec.apt_source.suite})")
         apt = PrivateApt(spec.cache / "apt-root", spec.apt_source)
         try:
             apt.update()
             debs = apt.download_closure(wanted, staging / "apt")
+        except MissingPackages:
+            raise
         except BundleError as exc:
             raise _apt_hint(exc, spec.apt_source) from None
         build_flat_repo(staging / "apt", spec.apt_source.suite, spec.cache / "gnupg", staging / APT_KEY)

@@ -15,6 +15,7 @@ SUITES: dict[str, tuple[str, str, str]] = {
     "jammy": ("Ubuntu", "22.04", "3.10"),
     "noble": ("Ubuntu", "24.04", "3.12"),
 }
+DEFAULT_SUITE = "bookworm"
 # Ansible's `architecture` fact (the kernel's machine name) -> the Debian architecture.
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64el", "s390x": "s390x"}
 

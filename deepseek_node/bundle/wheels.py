@@ -152,10 +152,12 @@ class Target:
         return args
 
 
-# The python3 and glibc of each Debian release the nodes may run.
+# The python3 and glibc of each release the nodes may run.
 SUITE_TARGETS = {
     "bookworm": Target("bookworm", "3.11", 36),
     "trixie": Target("trixie", "3.13", 41),
+    "jammy": Target("jammy", "3.10", 35),
+    "noble": Target("noble", "3.12", 39),
 }
 
 
@@ -196,7 +198,7 @@ def parse_engines(values: list[str]) -> tuple[str, ...]:
 def engine_target(suite: str) -> Target:
     if suite not in SUITE_TARGETS:
         raise BundleError(
-            f"engine wheelhouses are built for a known Debian release, and --suite {suite} is not one: "
+            f"engine wheelhouses are built for a known release, and --suite {suite} is not one: "
             f"choose from {', '.join(SUITE_TARGETS)} or build without --engine"
         )
     return SUITE_TARGETS[suite]

@@ -27,11 +27,27 @@ def build(
         False, "--tiny-model", help="Ship a freshly built tiny test model instead."
     ),
     mirror: str = typer.Option(
-        "http://deb.debian.org/debian", help="Debian mirror reachable from this side."
+        None,
+        "--mirror",
+        help="Mirror of the release's archive reachable from this side. Debian: default "
+        "http://deb.debian.org/debian. Ubuntu suites: required, e.g. http://mirror.example/ubuntu.",
     ),
-    security_mirror: str = typer.Option("http://deb.debian.org/debian-security"),
+    security_mirror: str = typer.Option(
+        None,
+        "--security-mirror",
+        help="Where the SUITE-security pocket is. Debian: default http://deb.debian.org/debian-security; "
+        "Ubuntu: default the --mirror.",
+    ),
+    mirror_keyring: Path = typer.Option(
+        None,
+        "--mirror-keyring",
+        help="Keyring that signs the mirror's Release files. Default: the distribution's archive keyring "
+        "(/usr/share/keyrings/debian-archive-keyring.gpg, /usr/share/keyrings/ubuntu-archive-keyring.gpg).",
+    ),
     suite: str = typer.Option(
-        "bookworm", help="Release of the targets, as its apt suite: bookworm (Debian 12), trixie (Debian 13)."
+        "bookworm",
+        help="Release of the targets, as its apt suite: bookworm (Debian 12), trixie (Debian 13), "
+        "jammy (Ubuntu 22.04), noble (Ubuntu 24.04); Ubuntu suites need --mirror.",
     ),
     apt_package: list[str] = typer.Option(
         [], "--apt-package", help="Extra Debian package to include (repeat)."
@@ -62,18 +78,22 @@ def build(
     ),
 ) -> None:
     """Assemble everything a target needs: signed apt repo, wheelhouses (daemon, engines), model, manifest.json."""
-    from deepseek_node.bundle.apt import AptSource, parse_extra_source
+    from deepseek_node.bundle.apt import archive_source, check_keyring, parse_extra_source
     from deepseek_node.bundle.build import BundleSpec, build_bundle
     from deepseek_node.bundle.manifest import BundleError
-    from deepseek_node.bundle.target import SUITES
     from deepseek_node.bundle.wheels import engine_target, parse_engines
     from deepseek_node.gpu import GPU_ROLES
     from deepseek_node.paths import cache_dir, project_root
 
-    if suite not in SUITES:
-        fail(f"--suite {suite!r} is not a release bundles are built for: choose from {', '.join(SUITES)}")
     try:
-        extra_sources = tuple(parse_extra_source(line) for line in apt_source)
+        source = archive_source(
+            suite,
+            mirror=mirror,
+            security_mirror=security_mirror,
+            keyring=str(mirror_keyring.resolve()) if mirror_keyring else None,
+            extra=tuple(parse_extra_source(line) for line in apt_source),
+        )
+        check_keyring(source)
         engines = parse_engines(engine)
         if engines:
             engine_target(suite)
@@ -102,9 +122,7 @@ def build(
         model_dir=model_dir.resolve(),
         model_name=model_name,
         cache=cache_dir() / "bundle",
-        apt_source=AptSource(
-            mirror=mirror, security_mirror=security_mirror, suite=suite, extra=extra_sources
-        ),
+        apt_source=source,
         extra_apt_packages=tuple(apt_package),
         skip_roles=tuple(skip_role) + (GPU_ROLES if without_gpu_stack else ()),
         engines=engines,

@@ -68,3 +68,36 @@ def test_unknown_suite_is_refused_by_the_cli() -> None:
     result = CliRunner().invoke(app, ["bundle", "build", "--out", "/tmp/x", "--tiny-model", "--suite", "sid"])
     assert result.exit_code != 0
     assert "--suite 'sid'" in result.output and "bookworm" in result.output
+
+
+@pytest.mark.parametrize(
+    ("suite", "release", "python"), [("jammy", "22.04", "3.10"), ("noble", "24.04", "3.12")]
+)
+def test_an_ubuntu_bundle_records_ubuntu_its_release_and_python(
+    suite: str, release: str, python: str
+) -> None:
+    assert bundle_target(suite, "amd64") == {
+        "distribution": "Ubuntu", "release": release, "suite": suite, "arch": "amd64", "python": python,
+    }  # fmt: skip
+    major = release.split(".")[0]
+    py = tuple(map(int, python.split(".")))
+    assert (
+        target_mismatch({"target": bundle_target(suite, "amd64")}, _facts("Ubuntu", release, major, py=py))
+        == ""
+    )
+
+
+def test_a_debian_bundle_is_refused_on_ubuntu_naming_both() -> None:
+    why = target_mismatch(BOOKWORM, _facts("Ubuntu", "24.04", "24", py=(3, 12)))
+    assert "the bundle is for Debian 12 (amd64, Python 3.11)" in why
+    assert "this host runs Ubuntu 24.04 (amd64, Python 3.12)" in why
+    assert "(distribution, release, Python differ)" in why and "--suite noble" in why
+
+
+def test_an_ubuntu_bundle_is_refused_on_another_release() -> None:
+    noble = {"target": bundle_target("noble", "amd64")}
+    why = target_mismatch(noble, _facts("Ubuntu", "22.04", "22", py=(3, 10)))
+    assert "Ubuntu 24.04 (amd64, Python 3.12)" in why and "Ubuntu 22.04 (amd64, Python 3.10)" in why
+    assert "(release, Python differ)" in why and "--suite jammy" in why
+    why = target_mismatch(noble, _facts())
+    assert "this host runs Debian 12.8" in why and "--suite bookworm" in why
