@@ -1,7 +1,7 @@
 """Where the project's Ansible content and state live.
 
-The Ansible tree (site.yml, roles/, templates/) ships beside the package in a checkout; an operator may
-point elsewhere with DEEPSEEK_NODE_HOME.
+The Ansible tree (site.yml, roles/, plugins/: also the collection deepseek.node) ships beside the package in a
+checkout; an operator may point elsewhere with DEEPSEEK_NODE_HOME.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def project_root() -> Path:
 
 
 def templates_dir() -> Path:
-    return project_root() / "templates"
+    """The daemon's config and unit templates: the inference_daemon role's own."""
+    return project_root() / "roles" / "inference_daemon" / "templates"
 
 
 def state_dir() -> Path:

@@ -1,4 +1,5 @@
-"""Assemble an offline bundle: apt repo + wheelhouses (daemon, engines) + model + manifest, written atomically.
+"""Assemble an offline bundle: apt repo + wheelhouses (daemon, engines) + Ansible collections + model + manifest,
+written atomically.
 
 What goes in comes from one description point: each role's `defaults/main.yml` declares the apt packages
 it installs as `<role>_bundle_apt_packages`, and the build reads exactly those lists. A release whose
@@ -22,6 +23,7 @@ import yaml
 
 from deepseek_node import __version__
 from deepseek_node.bundle.apt import AptSource, MissingPackages, PrivateApt, build_flat_repo, check_keyring
+from deepseek_node.bundle.collection import COLLECTIONS_DIR, build_collections
 from deepseek_node.bundle.manifest import MANIFEST, BundleError, write_manifest
 from deepseek_node.bundle.target import DEFAULT_SUITE, SUITES, bundle_target
 from deepseek_node.bundle.wheels import (
@@ -287,6 +289,9 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
             for name in spec.engines
         }
 
+        # For the controller (offline_repo copies apt, wheels and keys to targets, not these).
+        collections = build_collections(spec.project_root, staging / COLLECTIONS_DIR, progress)
+
         progress(f"model: {spec.model_dir} as {spec.model_name}")
         model_dest = staging / "models" / spec.model_name
         shutil.copytree(spec.model_dir, model_dest)
@@ -310,6 +315,7 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
                 "target": bundle_target(spec.apt_source.suite, spec.apt_source.arch),
                 "wheels": {"requirement": requirement},
                 "engines": engines,
+                "collections": {fqcn: f"{COLLECTIONS_DIR}/{name}" for fqcn, name in collections.items()},
                 "model": {"name": spec.model_name, "path": f"models/{spec.model_name}"},
             },
         )

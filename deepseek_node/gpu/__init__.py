@@ -1,6 +1,7 @@
 """The GPU stack's decisions in plain Python: hardware probe, go/no-go per host, CUDA/driver compatibility,
-package version pins. The Ansible roles reach them through plugins/filter/deepseek_gpu.py and the preflight
-role's module (a link to probe.py); `provision check` and the tests call them directly."""
+package version pins. The Ansible roles reach them through plugins/filter/deepseek_gpu.py and the
+deepseek_preflight_facts module (whose module_utils file probe.py is); `provision check` and the tests call
+them directly."""
 
 from deepseek_node.gpu.cuda import (
     CompatMode,

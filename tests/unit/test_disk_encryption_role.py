@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "plugins" / "filter"))
 import deepseek_luks as luks
 
 _spec = importlib.util.spec_from_file_location(
-    "deepseek_luks_escrow", REPO / "roles/disk_encryption/action_plugins/deepseek_luks_escrow.py"
+    "deepseek_luks_escrow", REPO / "plugins/action/deepseek_luks_escrow.py"
 )
 assert _spec and _spec.loader
 escrow_mod = importlib.util.module_from_spec(_spec)

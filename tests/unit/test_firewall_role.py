@@ -21,7 +21,7 @@ NFT = shutil.which("nft") or "/usr/sbin/nft"
 
 
 def _filters() -> Any:
-    spec = importlib.util.spec_from_file_location("firewall_net", ROLE / "filter_plugins/firewall_net.py")
+    spec = importlib.util.spec_from_file_location("firewall_net", REPO / "plugins/filter/firewall_net.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -48,7 +48,8 @@ def _render(**overrides: Any) -> str:
     # The `#jinja2:` header is Ansible's way of setting these; plain Jinja gets them directly.
     assert header == "#jinja2: trim_blocks: True, lstrip_blocks: True"
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(NET.FilterModule().filters())
+    # The role names its filters by FQCN (deepseek.node.firewall_networks), as a collection role must.
+    env.filters.update({f"deepseek.node.{k}": v for k, v in NET.FilterModule().filters().items()})
     return env.from_string(body).render(**values)
 
 

@@ -20,7 +20,8 @@ SITE_PIP = "[global]\ntimeout = 60\nindex-url = https://pypi.corp.example/simple
 
 
 def _role_copy(tmp: Path) -> Path:
-    """The real role, with its apt-cache refresh replaced: this machine's apt is not the one under test."""
+    """The real role in the collection's layout (it runs plugins/module_utils/bundle_manifest.py), with its
+    apt-cache refresh replaced: this machine's apt is not the one under test."""
     sources = (ROOT / "roles/offline_repo/tasks/sources.yml").read_text()
     assert "__offline_repo_apt_dir" in sources and "/etc/apt" not in sources, (
         "offline_repo writes to /etc/apt directly: running it here would change this machine's apt sources"
@@ -28,6 +29,7 @@ def _role_copy(tmp: Path) -> Path:
     roles = tmp / "roles"
     shutil.copytree(ROOT / "roles/offline_repo", roles / "offline_repo")
     shutil.copytree(ROOT / "roles/check_preview", roles / "check_preview")
+    shutil.copytree(ROOT / "plugins/module_utils", tmp / "plugins/module_utils")
     (roles / "offline_repo/handlers/main.yml").write_text(
         yaml.safe_dump(
             [{"name": "Refresh the apt cache", "ansible.builtin.debug": {"msg": "apt cache refreshed"}}]

@@ -33,11 +33,16 @@ def test_every_default_is_prefixed_and_specified(role: str) -> None:
 
 def test_site_imports_every_playbook_in_order() -> None:
     site = yaml.safe_load((project_root() / "site.yml").read_text())
-    imported = [entry["ansible.builtin.import_playbook"] for entry in site]
-    assert imported[0] == "playbooks/preflight.yml"
-    assert imported.index("playbooks/offline_repo.yml") < imported.index("playbooks/inference.yml")
+    assert [entry["ansible.builtin.import_playbook"] for entry in site] == ["playbooks/site.yml"]
+    playbooks = project_root() / "playbooks"
+    imported = [
+        entry["ansible.builtin.import_playbook"]
+        for entry in yaml.safe_load((playbooks / "site.yml").read_text())
+    ]
+    assert imported[0] == "preflight.yml"
+    assert imported.index("offline_repo.yml") < imported.index("inference.yml")
     for rel in imported:
-        assert (project_root() / rel).is_file()
+        assert (playbooks / rel).is_file()
 
 
 def test_tasks_handling_api_keys_hide_them() -> None:

@@ -1,1 +1,0 @@
-../../../deepseek_node/bundle/manifest.py

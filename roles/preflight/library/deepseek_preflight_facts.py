@@ -1,1 +1,0 @@
-../../../deepseek_node/gpu/probe.py
