@@ -90,6 +90,9 @@ def rollout_extravars(inventory: Mapping[str, Any], group: str = GROUP) -> dict[
 # (`group_by` on deepseek_serving_group), because play keywords see `groups` but not host vars.
 ROLL_GROUP_PREFIX = "deepseek_roll_group_"
 DEFAULT_SERIAL: tuple[int | str, ...] = (1, "25%")
+# Hosts of this inventory group (optional) change first, as one batch; the roll then waits for an
+# operator's go (deepseek_canary_go) before it touches any other host.
+CANARY_GROUP = "canary"
 
 
 def roll_units(groups: Mapping[str, Any], hosts: list[str]) -> list[list[str]]:
@@ -113,10 +116,19 @@ def roll_units(groups: Mapping[str, Any], hosts: list[str]) -> list[list[str]]:
     return units
 
 
+def _canary_first(groups: Mapping[str, Any], units: list[list[str]]) -> tuple[list[list[str]], int]:
+    """The units holding a canary host first (a serving group with one canary member is all canary), and
+    how many there are."""
+    canary = {str(h) for h in groups.get(CANARY_GROUP, [])}
+    first = [u for u in units if canary.intersection(u)]
+    return first + [u for u in units if not canary.intersection(u)], len(first)
+
+
 def roll_order(groups: Mapping[str, Any], base: str = GROUP) -> list[str]:
-    """The play's hosts in rolling order: `base`'s hosts as the inventory lists them, a serving group's
-    members next to each other (so no batch boundary has to fall inside one)."""
-    return [h for unit in roll_units(groups, [str(h) for h in groups.get(base, [])]) for h in unit]
+    """The play's hosts in rolling order: `base`'s hosts as the inventory lists them, the canary group's
+    first, a serving group's members next to each other (so no batch boundary has to fall inside one)."""
+    units, _ = _canary_first(groups, roll_units(groups, [str(h) for h in groups.get(base, [])]))
+    return [h for unit in units for h in unit]
 
 
 def _batch_size(value: int | str, total: int) -> int:
@@ -132,17 +144,21 @@ def roll_batches(
     """`serial` as explicit batch sizes that never split a serving group, over the hosts of `base` that are
     in `play_hosts` (Ansible offers the limited inventory there, not yet in play order), taken in
     `roll_order`: a batch takes whole units up to its size; a group larger than the batch is a batch of its
-    own (it cannot change in halves). RolloutError for a malformed `serial`."""
+    own (it cannot change in halves). The canary hosts, if any, are the first batch whatever its size, and
+    `serial` applies to the hosts after them. RolloutError for a malformed `serial`."""
     steps = list(serial) if isinstance(serial, list | tuple) else [serial]
     problems = check_rollout({"deepseek_serial": steps})
     if problems:
         raise RolloutError("; ".join(problems))
     limited = {str(h) for h in play_hosts}
     hosts = [h for h in roll_order(groups, base) if h in limited]
-    units = roll_units(groups, hosts)
-    sizes: list[int] = []
+    units, canaries = _canary_first(groups, roll_units(groups, hosts))
+    sizes: list[int] = [sum(len(u) for u in units[:canaries])] if canaries else []
+    units = units[canaries:]
+    steps_used = 0
     while units:
-        target = _batch_size(steps[min(len(sizes), len(steps) - 1)], len(hosts))
+        target = _batch_size(steps[min(steps_used, len(steps) - 1)], len(hosts))
+        steps_used += 1
         size = len(units.pop(0))
         while units and size + len(units[0]) <= target:
             size += len(units.pop(0))

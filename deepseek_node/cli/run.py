@@ -45,6 +45,11 @@ def register(app: typer.Typer) -> None:
         diff: bool = typer.Option(False, "--diff", help="Show file differences."),
         playbook: str = typer.Option("site.yml", help="Playbook relative to the project root."),
         artifacts_dir: Path = typer.Option(None, help="Where run artifacts are kept (default ./artifacts)."),
+        canary_go: bool = typer.Option(
+            False,
+            "--canary-go",
+            help="Go on past the inventory's `canary` group: a roll without it stops after the canary hosts.",
+        ),
         verbose: int = typer.Option(0, "--verbose", "-v", count=True),
     ) -> None:
         """Run site.yml (or one playbook) against an inventory; non-zero exit on any failure."""
@@ -60,5 +65,6 @@ def register(app: typer.Typer) -> None:
             diff=diff,
             artifacts_dir=artifacts_dir,
             verbosity=verbose,
+            extravars={"deepseek_canary_go": True} if canary_go else {},
         )
         run_and_report(console, cfg)

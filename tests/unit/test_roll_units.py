@@ -42,10 +42,12 @@ def test_every_rolling_play_keeps_groups_whole(path):
     assert "deepseek_roll_serial" in play["serial"]
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, *args: str, inventory: dict | None = None) -> subprocess.CompletedProcess:
     play = _rolling_play("playbooks/inference.yml")
-    (tmp_path / "playbooks").mkdir(exist_ok=True)
+    (tmp_path / "playbooks/tasks").mkdir(parents=True, exist_ok=True)
     (tmp_path / "playbooks/roll_units.yml").write_text((ROOT / "playbooks/roll_units.yml").read_text())
+    gate = (ROOT / "playbooks/tasks/canary_gate.yml").read_text()
+    (tmp_path / "playbooks/tasks/canary_gate.yml").write_text(gate)
     batches = tmp_path / "batches.jsonl"
     book = [
         {"ansible.builtin.import_playbook": "roll_units.yml"},
@@ -61,10 +63,11 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                     "changed_when": False,
                 }
             ],
+            "post_tasks": play["post_tasks"],
         },
     ]
     (tmp_path / "playbooks/book.yml").write_text(yaml.safe_dump(book, sort_keys=False))
-    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(INVENTORY, sort_keys=False))
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory or INVENTORY, sort_keys=False))
     env = {
         **os.environ,
         "ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins/filter"),
@@ -94,3 +97,18 @@ def test_the_group_shares_a_batch_and_a_partial_limit_is_refused(tmp_path):
         and "--limit pair" in proc.stdout
     )
     assert proc.batches == [] or proc.batches[-1] != ["c"]  # nothing ran past the check
+
+
+@pytest.mark.slow
+def test_a_canary_batch_goes_first_and_the_roll_waits_for_the_go(tmp_path):
+    inventory = json.loads(json.dumps(INVENTORY))
+    inventory["all"]["children"]["canary"] = {"hosts": {"c": {}}}
+    stopped = _run(tmp_path / "wait", "-e", '{"deepseek_serial": [2]}', inventory=inventory)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert stopped.batches == [["c"]]
+    assert "Canary hosts c are changed" in stopped.stdout and "deepseek_canary_go=true" in stopped.stdout
+    went = _run(
+        tmp_path / "go", "-e", '{"deepseek_serial": [2], "deepseek_canary_go": true}', inventory=inventory
+    )
+    assert went.returncode == 0, went.stdout + went.stderr
+    assert [sorted(b) for b in went.batches] == [["c"], ["a"], ["h1", "w1"], ["b"]]

@@ -93,3 +93,10 @@ def test_batches_take_the_inventory_in_any_order_and_refuse_a_bad_serial():
     assert roll_batches(["w1", "monitor", "a", "h1"], GROUPS, [1]) == [1, 2]
     with pytest.raises(RolloutError, match="percentage"):
         roll_batches(["a"], GROUPS, ["many"])
+
+
+def test_the_canary_group_rolls_first_as_one_batch_then_serial_applies():
+    groups = {**GROUPS, "canary": ["d", "w1"]}  # a canary member takes its whole serving group along
+    assert roll_order(groups) == ["h1", "w1", "d", "a", "b", "c", "e"]
+    assert roll_batches(roll_order(groups), groups, [1, "50%"]) == [3, 1, 3]
+    assert roll_batches(["a", "b"], groups, [1]) == [1, 1]  # no canary host in this run: plain serial
