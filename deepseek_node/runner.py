@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from deepseek_node import history
-from deepseek_node.paths import project_root
+from deepseek_node.paths import artifacts_root, project_root
 
 EventHandler = Callable[[dict[str, Any]], None]
 STAT_KEYS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
@@ -148,7 +148,7 @@ def run(cfg: RunConfig, on_event: EventHandler | None = None) -> RunResult:
     validate(cfg)
     extravars = {**_rollout_vars(cfg.inventory), **cfg.extravars}
     root = project_root()
-    base = (cfg.artifacts_dir or root / "artifacts").resolve()
+    base = (cfg.artifacts_dir or artifacts_root()).resolve()
     # Run artifacts hold extra vars and full task results: keep them private to the operator.
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     base.chmod(0o700)

@@ -1,5 +1,5 @@
-"""Assemble an offline bundle: apt repo + wheelhouses (daemon, engines) + Ansible collections + model + manifest,
-written atomically.
+"""Assemble an offline bundle: apt repo + wheelhouses (daemon, engines) + Ansible collections + model + the
+air-gapped controller's own install (controller/) + manifest, written atomically.
 
 What goes in comes from one description point: each role's `defaults/main.yml` declares the apt packages
 it installs as `<role>_bundle_apt_packages`, and the build reads exactly those lists. A release whose
@@ -9,6 +9,7 @@ has its whole list in `<role>_bundle_apt_packages_by_suite`, keyed by apt suite.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -24,6 +25,7 @@ import yaml
 from deepseek_node import __version__
 from deepseek_node.bundle.apt import AptSource, MissingPackages, PrivateApt, build_flat_repo, check_keyring
 from deepseek_node.bundle.collection import COLLECTIONS_DIR, build_collections
+from deepseek_node.bundle.controller import build_controller, controller_target
 from deepseek_node.bundle.manifest import MANIFEST, BundleError, write_manifest
 from deepseek_node.bundle.target import DEFAULT_SUITE, SUITES, bundle_target
 from deepseek_node.bundle.wheels import (
@@ -54,6 +56,17 @@ class BundleSpec:
     engines: tuple[str, ...] = ()
     # The model's version on the hosts (<models_dir>/<name>/<version>/); None: model_version_default().
     model_version: str | None = None
+    # The air-gapped controller's own install (controller/): on by default, one bundle carries everything
+    # the inside needs. Its Debian release; None: the bundle's own.
+    controller: bool = True
+    controller_suite: str | None = None
+
+    @property
+    def controller_source(self) -> AptSource:
+        """Debian alone (no extra source) for the controller's release."""
+        return dataclasses.replace(
+            self.apt_source, suite=self.controller_suite or self.apt_source.suite, extra=()
+        )
 
 
 MODEL_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -241,6 +254,16 @@ def _check_engines(spec: BundleSpec) -> None:
         engine_target(spec.apt_source.suite)
 
 
+def _controller_apt(spec: BundleSpec, apt: PrivateApt) -> PrivateApt:
+    """The bundle's own apt root when it resolves from the same Debian release alone; else one of its own."""
+    if spec.controller_source == spec.apt_source:
+        return apt
+    source = spec.controller_source
+    own = PrivateApt(spec.cache / f"apt-root-{source.suite}", source)
+    own.update()
+    return own
+
+
 def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
     """Build into a sibling temp dir and rename into place: a failed build never leaves a half bundle,
     nor the parent directories it created for --out."""
@@ -251,6 +274,8 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
     if why:
         raise BundleError(why)
     check_keyring(spec.apt_source)
+    if spec.controller:
+        controller_target(spec.controller_source.suite)
     if spec.model_version is not None:
         check_model_version(spec.model_version)
     staging = spec.out.with_name(spec.out.name + ".partial")
@@ -288,6 +313,24 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
             )
             for name in spec.engines
         }
+        controller = None
+        if spec.controller:
+            try:
+                controller_apt = _controller_apt(spec, apt)
+            except BundleError as exc:
+                raise _apt_hint(exc, spec.controller_source) from None
+            controller = build_controller(
+                staging,
+                project_root=spec.project_root,
+                project_wheel=next((staging / "wheels").glob("deepseek_node-*.whl")),
+                apt=controller_apt,
+                suite=spec.controller_source.suite,
+                arch=spec.apt_source.arch,
+                gnupg_home=spec.cache / "gnupg",
+                key=APT_KEY,
+                cache=spec.cache,
+                progress=progress,
+            )
 
         # For the controller (offline_repo copies apt, wheels and keys to targets, not these).
         collections = build_collections(spec.project_root, staging / COLLECTIONS_DIR, progress)
@@ -316,6 +359,8 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
                 "wheels": {"requirement": requirement},
                 "engines": engines,
                 "collections": {fqcn: f"{COLLECTIONS_DIR}/{name}" for fqcn, name in collections.items()},
+                # What the air-gapped controller installs from (controller/install.sh); None: left out.
+                "controller": controller,
                 "model": {"name": spec.model_name, "path": f"models/{spec.model_name}"},
             },
         )

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -237,25 +237,37 @@ def render_lock(engine: Engine, target: Target, pins: list[tuple[str, str]], lef
     ]
     if left_out:
         head.append(f"# left out on purpose: {', '.join(left_out)}")
-    return "\n".join([*head, *(f"{spec} --hash=sha256:{digest}" for spec, digest in pins)]) + "\n"
+    return "\n".join([*head, *lock_lines(pins)]) + "\n"
 
 
-def resolve_engine(engine: Engine, target: Target) -> dict:
-    """pip's resolution of the engine for the target, without installing or downloading any wheel."""
-    with tempfile.TemporaryDirectory(prefix="engine-resolve-") as tmp:
+def lock_lines(pins: list[tuple[str, str]]) -> list[str]:
+    """One `name==version --hash=sha256:...` line per (spec, sha256) pair: what --require-hashes reads."""
+    return [f"{spec} --hash=sha256:{digest}" for spec, digest in pins]
+
+
+def resolve_report(
+    requirements: Sequence[str], target: Target, hint: str = "", extra_args: Sequence[str] = ()
+) -> dict:
+    """pip's resolution of `requirements` for the target, without installing or downloading any wheel."""
+    with tempfile.TemporaryDirectory(prefix="wheels-resolve-") as tmp:
         report = Path(tmp) / "report.json"
         _pip(
             [
                 "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-                "--target", str(Path(tmp) / "target"), *target.pip_args(), *engine.requirements,
+                "--target", str(Path(tmp) / "target"), *target.pip_args(), *extra_args, *requirements,
             ],
-            f"resolving {' '.join(engine.requirements)} for CPython {target.python_version} on {target.platform}",
-            engine.hint,
+            f"resolving {' '.join(requirements)} for CPython {target.python_version} on {target.platform}",
+            hint,
         )  # fmt: skip
         return json.loads(report.read_text())
 
 
-def _fetch(pins: list[Pin], pool: Path, target: Target) -> dict[str, str]:
+def resolve_engine(engine: Engine, target: Target) -> dict:
+    """pip's resolution of the engine for the target, without installing or downloading any wheel."""
+    return resolve_report(engine.requirements, target, engine.hint)
+
+
+def fetch_wheels(pins: list[Pin], pool: Path, target: Target) -> dict[str, str]:
     """Every pinned wheel in the download pool, checked against the index's sha256; {filename: sha256}.
 
     Only wheels the pool lacks (or holds damaged) are downloaded, into a scratch directory first, so the pool
@@ -310,7 +322,7 @@ def build_engine_wheelhouse(
     progress(
         f"engine {name}: {len(pins)} wheels, {fresh} to download, left out: {', '.join(left_out) or 'none'}"
     )
-    digests = _fetch(pins, pool, target)
+    digests = fetch_wheels(pins, pool, target)
     dest.mkdir(parents=True, exist_ok=True)
     for pin in pins:
         shutil.copyfile(pool / pin.filename, dest / pin.filename)

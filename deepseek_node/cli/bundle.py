@@ -76,10 +76,24 @@ def build(
         "--engine",
         help="Serving engine wheelhouse to ship: none, vllm-cpu or vllm-cuda (repeat or comma-separate).",
     ),
+    without_controller: bool = typer.Option(
+        False,
+        "--without-controller",
+        help="Leave out the air-gapped controller's own install (controller/: its Debian packages, the "
+        "provision wheelhouse, the Ansible tree, install.sh).",
+    ),
+    controller_suite: str = typer.Option(
+        None,
+        "--controller-suite",
+        help="Debian release of the air-gapped controller: bookworm (Debian 12) or trixie (Debian 13). "
+        "Default: --suite.",
+    ),
 ) -> None:
-    """Assemble everything a target needs: signed apt repo, wheelhouses (daemon, engines), model, manifest.json."""
+    """Assemble everything the air-gapped side needs: signed apt repo, wheelhouses (daemon, engines), model,
+    the controller's own install (controller/install.sh), manifest.json."""
     from deepseek_node.bundle.apt import archive_source, check_keyring, parse_extra_source
     from deepseek_node.bundle.build import BundleSpec, build_bundle
+    from deepseek_node.bundle.controller import controller_target
     from deepseek_node.bundle.manifest import BundleError
     from deepseek_node.bundle.wheels import engine_target, parse_engines
     from deepseek_node.gpu import GPU_ROLES
@@ -97,6 +111,8 @@ def build(
         engines = parse_engines(engine)
         if engines:
             engine_target(suite)
+        if not without_controller:
+            controller_target(controller_suite or suite)
     except BundleError as exc:
         fail(str(exc))
     if (model_dir is None) == (not tiny_model):
@@ -127,6 +143,8 @@ def build(
         skip_roles=tuple(skip_role) + (GPU_ROLES if without_gpu_stack else ()),
         engines=engines,
         model_version=model_version,
+        controller=not without_controller,
+        controller_suite=controller_suite,
     )
     try:
         build_bundle(spec, progress=lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))

@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
         Runs the preflight role in check mode: OS, kernel and its headers, GPUs by PCI id (NVML once a driver
         exists), NVSwitches, Secure Boot, virtualization, free disk. Exit 1 when any host cannot be provisioned.
         """
-        from deepseek_node.paths import project_root
+        from deepseek_node.paths import artifacts_root
         from deepseek_node.runner import RunConfig, RunError, run
 
         cfg = RunConfig(
@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
             limit=limit,
             check=True,
             # ansible-runner keeps a run's --check and extra vars in its data dir for the next run there.
-            artifacts_dir=artifacts_dir or project_root() / "artifacts" / "check",
+            artifacts_dir=artifacts_dir or artifacts_root() / "check",
             verbosity=verbose,
         )
         collector = CheckCollector()

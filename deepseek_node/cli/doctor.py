@@ -72,14 +72,14 @@ def gather_local() -> Gathered:
 def gather_inventory(
     inventory: Path, limit: str | None, artifacts_dir: Path | None, verbose: int
 ) -> Gathered:
-    from deepseek_node.paths import project_root
+    from deepseek_node.paths import artifacts_root
     from deepseek_node.runner import RunConfig, run
 
     cfg = RunConfig(
         inventory=inventory,
         playbook=DOCTOR_PLAYBOOK,
         limit=limit,
-        artifacts_dir=artifacts_dir or project_root() / "artifacts" / "doctor",
+        artifacts_dir=artifacts_dir or artifacts_root() / "doctor",
         verbosity=verbose,
     )
     collector = ReadingsCollector()

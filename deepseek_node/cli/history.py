@@ -21,9 +21,9 @@ ARTIFACTS_HELP = "Where run artifacts are kept (default ./artifacts, as for `pro
 
 
 def _base(artifacts_dir: Path | None) -> Path:
-    from deepseek_node.paths import project_root
+    from deepseek_node.paths import artifacts_root
 
-    return (artifacts_dir or project_root() / "artifacts").resolve()
+    return (artifacts_dir or artifacts_root()).resolve()
 
 
 def _who(run: dict[str, Any]) -> str:

@@ -26,6 +26,23 @@ check.register(app)
 doctor.register(app)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from deepseek_node import __version__
+
+        typer.echo(f"deepseek-node {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Turn air-gapped bare-metal GPU servers into hardened DeepSeek inference nodes."""
+
+
 def main() -> None:
     """Console entry: errors every command can hit are reported as one clear line, not a traceback."""
     from deepseek_node.paths import ProjectNotFound

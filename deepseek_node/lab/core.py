@@ -28,7 +28,9 @@ from deepseek_node.lab.network import (
     addressing,
     conflicts,
     ipv4_addresses,
+    link_commands,
     link_exists,
+    link_ifname,
     parse_index,
     remove_guard_route,
     route_is_lab,
@@ -375,6 +377,43 @@ class Lab:
             )
         return self._ssh_base(addr)
 
+    def link(self, a: str, b: str) -> None:
+        """Join two running hosts with a point-to-point link of their own: each then reaches the other at its
+        lab address (e.g. one host as the other's controller), and neither gains a route anywhere else;
+        nothing is forwarded through this machine. Lasts until unlink(), or until either host stops or
+        reboots (the link goes with its network namespace)."""
+        if a == b:
+            raise ValueError(f"cannot link {a} to itself")
+        with self._locked():
+            addrs = (self._addr(a), self._addr(b))
+            pids = [hostmod.guest_init_pid(self._hostdir(n)) for n in (a, b)]
+            for name, pid in zip((a, b), pids, strict=True):
+                if pid is None:
+                    raise LabError(f"{name} is not running: run `provision lab up`")
+            pid_a, pid_b = pids
+            assert pid_a is not None and pid_b is not None
+            self._unlink(pid_a, b)
+            # Both ends are created in place, in the guests' namespaces: none ever exists on this machine.
+            end_a = [link_ifname(b), "netns", str(pid_a)]
+            end_b = [link_ifname(a), "netns", str(pid_b)]
+            _ip(["ip", "link", "add", *end_a, "type", "veth", "peer", "name", *end_b])
+            for pid, commands in zip(pids, link_commands(*addrs), strict=True):
+                for argv in commands:
+                    _ip(["nsenter", "-t", str(pid), "-n", *argv])
+
+    def unlink(self, a: str, b: str) -> None:
+        """Remove the link between two hosts (both ends and their routes go together); idempotent."""
+        with self._locked():
+            self._addr(b)
+            pid = hostmod.guest_init_pid(self._hostdir(a))
+            if pid is not None:
+                self._unlink(pid, b)
+
+    @staticmethod
+    def _unlink(pid: int, peer: str) -> None:
+        argv = ["nsenter", "-t", str(pid), "-n", "ip", "link", "del", link_ifname(peer)]
+        subprocess.run(argv, capture_output=True, check=False)
+
     def _ssh_ok(self, addr: Addressing) -> bool:
         # Probe only through the host's own veth: never let a probe leave by the default route.
         if not (route_is_lab(addr) and _port_open(addr.address, 22)):
@@ -411,6 +450,12 @@ class Lab:
             timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
+
+
+def _ip(argv: list[str]) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
 
 
 def _port_open(address: str, port: int, timeout: float = 0.5) -> bool:

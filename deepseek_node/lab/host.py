@@ -85,6 +85,21 @@ def processes_using(hd: HostDir) -> list[int]:
     return pids
 
 
+def guest_init_pid(hd: HostDir) -> int | None:
+    """The pid, as this machine sees it, of the guest's PID 1 (systemd): its namespaces are the guest's."""
+    for pid in processes_using(hd):
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in children:
+                cmd = _proc_cmdline(int(child))
+                if cmd and (cmd[0].endswith("/systemd") or cmd[0].endswith("/sbin/init")):
+                    return int(child)
+    return None
+
+
 def mounts_under(path: Path) -> list[Path]:
     """Mount points at or below path, deepest first (mountinfo escapes blanks as octal)."""
     found = []

@@ -10,6 +10,9 @@ so inside it there is no route except to its own /24 (its controller address). T
 side `ve-NAME` with forwarding disabled *on that interface* (net.ipv4.conf.ve-NAME.forwarding=0) and IPv6 off,
 so even a target that adds a route itself cannot be forwarded anywhere. That is a kernel setting, so it
 needs neither iptables nor nft (this machine has neither).
+
+Two targets that must reach each other (one managing the other) get a veth pair of their own between their
+namespaces (Lab.link), never forwarding through this machine: the pair joins those two and nothing else.
 """
 
 from __future__ import annotations
@@ -95,6 +98,29 @@ def guest_network_unit(addr: Addressing) -> str:
         f"[Network]\nAddress={addr.address}/{addr.prefixlen}\n"
         "LinkLocalAddressing=no\nIPv6AcceptRA=no\nDHCP=no\n"
     )
+
+
+def link_ifname(peer: str) -> str:
+    """The name, inside a target, of its point-to-point link to the target `peer` (Lab.link)."""
+    ifname = f"to-{peer}"
+    if len(ifname) > IFNAMSIZ:
+        raise ValueError(f"machine name {peer!r} is too long for a link name")
+    return ifname
+
+
+def link_commands(a: Addressing, b: Addressing) -> tuple[list[list[str]], list[list[str]]]:
+    """What runs inside a's and b's network namespaces once their link exists: the link up and one host
+    route to the other's lab address over it, sourced from the own lab address (the address the other
+    side's firewall knows). No gateway, no other route: the link leads to the peer and nowhere else."""
+
+    def side(me: Addressing, peer: Addressing) -> list[list[str]]:
+        ifname = link_ifname(peer.name)
+        return [
+            ["ip", "link", "set", ifname, "up"],
+            ["ip", "route", "replace", f"{peer.address}/32", "dev", ifname, "src", me.address],
+        ]
+
+    return side(a, b), side(b, a)
 
 
 # --- host side (needs root) ---

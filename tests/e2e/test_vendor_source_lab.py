@@ -64,6 +64,7 @@ def test_a_package_from_a_signed_extra_source_goes_into_the_bundle_and_installs(
             skip_roles=GPU_ROLES,
             apt_source=AptSource(extra=(parse_extra_source(vendor_repo),)),
             extra_apt_packages=("nvidia-container-toolkit",),
+            controller=False,  # tested on its own (test_offline_controller_lab)
         ),
         progress=lambda _msg: None,
     )

@@ -42,6 +42,7 @@ def vllm_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cache=cache_dir() / "bundle",
         skip_roles=GPU_ROLES,
         engines=("vllm-cpu",),
+        controller=False,  # the air-gapped controller's install is tested on its own (test_offline_controller_lab)
     )
     build_bundle(spec, progress=lambda _msg: None)
     return out

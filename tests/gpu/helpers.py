@@ -125,6 +125,7 @@ def build_gpu_test_bundle(
         model_name="deepseek-tiny",
         cache=cache,
         skip_roles=("cuda_toolkit",),
+        controller=False,  # the air-gapped controller's install is tested on its own (test_offline_controller_lab)
     )
     build_bundle(spec, progress=lambda _msg: None)
     driver = driver_version_in(out / "apt")

@@ -9,6 +9,8 @@ from deepseek_node.lab.network import (
     addressing,
     conflicts,
     guest_network_unit,
+    link_commands,
+    link_ifname,
     machine_name,
     parse_index,
     parse_ip_addr,
@@ -96,3 +98,17 @@ def test_conflicts_ignore_our_own_link() -> None:
     assert conflicts(addressing("dsn", "10.79", 1), in_use) == ["ve-dsx1 (10.79.1.1)"]
     assert conflicts(addressing("dsn", "10.79", 2), in_use) == []
     assert conflicts(addressing("dsn", "10.7", 9), [("x", "10.79.1.1")]) == []
+
+
+def test_a_link_between_two_targets_leads_to_the_peer_and_nowhere_else() -> None:
+    ctl, node = addressing("dsn", "10.77", 4), addressing("dsn", "10.77", 1)
+    in_ctl, in_node = link_commands(ctl, node)
+    assert in_ctl == [
+        ["ip", "link", "set", "to-dsn1", "up"],
+        ["ip", "route", "replace", "10.77.1.2/32", "dev", "to-dsn1", "src", "10.77.4.2"],
+    ]
+    assert in_node[1] == ["ip", "route", "replace", "10.77.4.2/32", "dev", "to-dsn4", "src", "10.77.1.2"]
+    assert not [argv for argv in in_ctl + in_node if "default" in argv or "via" in argv]
+    assert link_ifname("abcdefghijkl") == "to-abcdefghijkl"
+    with pytest.raises(ValueError):
+        link_ifname("abcdefghijklm")
