@@ -20,7 +20,10 @@ TEMPLATES = REPO / "roles/inference_daemon/templates"
 
 
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined)
+    # trim_blocks as Ansible's template module renders (a block tag eats the newline after it).
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined, trim_blocks=True
+    )
     env.filters["to_json"] = json.dumps
     env.filters["hash"] = lambda v, algo: hashlib.new(algo, str(v).encode()).hexdigest()
     env.filters["quote"] = shlex.quote
