@@ -3,7 +3,9 @@
 Standard library only, on purpose: the offline_repo role runs this very file as a script, on the controller
 and (copied) on targets with their system python3, to verify the bundle before anything is installed from
 it. The controller's Python package imports it as deepseek_node.bundle.manifest.
-Usage as a script: python3 bundle_manifest.py verify BUNDLE_DIR [--subset=PREFIX ...]
+Usage as a script:
+  python3 bundle_manifest.py verify BUNDLE_DIR [--subset=PREFIX ...] [--json]
+  python3 bundle_manifest.py prune BUNDLE_DIR [--subset=PREFIX ...]   (removes what the manifest does not list)
 """
 
 from __future__ import annotations
@@ -214,17 +216,44 @@ def verify_bundle(root: Path, subsets: tuple[str, ...] = ()) -> VerifyReport:
     return report
 
 
+def prune_bundle(root: Path, subsets: tuple[str, ...]) -> list[str]:
+    """Remove every file, symlink or special file under `subsets` that the manifest does not list (what a
+    previous bundle left behind); returns the relative paths removed. One process for the whole tree: a
+    module call per file costs about a second each, and a bundle change can leave hundreds."""
+    root = Path(root)
+    if not subsets:
+        raise BundleError("prune needs at least one --subset: it never touches the whole tree")
+    expected = load_manifest(root)["files"]
+    files, odd = _walk(root)
+    removed = []
+    for rel in sorted({*files, *odd}):
+        if any(rel.startswith(s) for s in subsets) and (rel not in expected or rel in odd):
+            (root / rel).unlink()  # a symlinked directory is unlinked as the link, never followed
+            removed.append(rel)
+    return removed
+
+
 def _main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[0] != "verify":
-        print("usage: bundle_manifest.py verify BUNDLE_DIR [--subset=PREFIX ...]", file=sys.stderr)
+    if len(argv) < 2 or argv[0] not in ("verify", "prune"):
+        print(
+            "usage: bundle_manifest.py verify BUNDLE_DIR [--subset=PREFIX ...] [--json]\n"
+            "       bundle_manifest.py prune BUNDLE_DIR --subset=PREFIX [--subset=PREFIX ...]",
+            file=sys.stderr,
+        )
         return 2
     subsets = tuple(a.split("=", 1)[1] for a in argv[2:] if a.startswith("--subset="))
     try:
+        if argv[0] == "prune":
+            print(json.dumps({"removed": prune_bundle(Path(argv[1]), subsets)}))
+            return 0
         report = verify_bundle(Path(argv[1]), subsets)
-    except BundleError as exc:
+    except (BundleError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    if "--json" in argv[2:]:
+        # For the role: --check predicts the transfer from these lists.
+        print(json.dumps({"ok": report.ok, **{k: v for k, v in vars(report).items()}}))
+    print(report.summary(), file=sys.stdout if report.ok and "--json" not in argv[2:] else sys.stderr)
     return 0 if report.ok else 1
 
 

@@ -108,3 +108,40 @@ def test_report_lists_are_sorted_whatever_the_walk_order(bundle: Path) -> None:
     ]
     assert report.unsafe == ["apt/link.deb"]
     assert report.problems() == m.verify_bundle(bundle).problems()
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-I", m.__file__, *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_prune_removes_only_unlisted_entries_under_the_subsets(bundle: Path) -> None:
+    (bundle / "wheels" / "old.whl").write_bytes(b"old")
+    (bundle / "wheels" / "sub").mkdir()
+    (bundle / "wheels" / "sub" / "older.whl").write_bytes(b"older")
+    (bundle / "wheels" / "link").symlink_to("/etc")  # a symlinked directory: unlinked, never followed
+    (bundle / "models" / "tiny" / "notes.txt").write_text("the operator's")  # outside the subsets: kept
+    out = _script("prune", str(bundle), "--subset=apt/", "--subset=wheels/")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"removed": ["wheels/link", "wheels/old.whl", "wheels/sub/older.whl"]}
+    assert (bundle / "models" / "tiny" / "notes.txt").exists()
+    assert m.verify_bundle(bundle, ("apt/", "wheels/")).ok
+    again = _script("prune", str(bundle), "--subset=apt/", "--subset=wheels/")
+    assert json.loads(again.stdout) == {"removed": []}
+
+
+def test_prune_refuses_the_whole_tree(bundle: Path) -> None:
+    out = _script("prune", str(bundle))
+    assert out.returncode == 2 and "needs at least one --subset" in out.stderr
+    assert (bundle / "apt" / "a.deb").exists()
+
+
+def test_verify_json_lists_what_a_transfer_would_change(bundle: Path) -> None:
+    (bundle / "apt" / "a.deb").unlink()
+    (bundle / "wheels" / "evil.whl").write_bytes(b"!")
+    out = _script("verify", str(bundle), "--subset=apt/", "--subset=wheels/", "--json")
+    assert out.returncode == 1
+    report = json.loads(out.stdout)
+    assert (report["ok"], report["missing"], report["extra"]) == (False, ["apt/a.deb"], ["wheels/evil.whl"])
+    assert "FAILED verification" in out.stderr
