@@ -326,7 +326,12 @@ def _print_groups(groups: list[tuple[GroupPlan, ServingGroup | None]]) -> None:
             continue
         for r in _rank_commands(g, sg):
             env = [f"{k}={v}" for k, v in r.env.items()]
-            command = shlex.join(["env", *env, "python", "-m", r.module, *r.argv])
+            program = (
+                [engine_args.VLLM_SERVE_LAUNCHER]
+                if r.module == engine_args.VLLM_CLI_MODULE
+                else ["python", "-m", r.module]
+            )
+            command = shlex.join(["env", *env, *program, *r.argv])
             console.print(
                 f"  [bold]vllm rank {r.rank} ({r.role}, {r.host}):[/] {command}",
                 highlight=False,

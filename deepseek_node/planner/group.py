@@ -13,6 +13,10 @@ required context on the group wins, so native fp8 where the GPUs have it, else 1
 int8/int4 checkpoint the plan names. Memory is the single-server model (`memory.serving_estimate`) for the
 most loaded GPU of the heaviest stage, with the same margin.
 
+CPU-only servers may form a group too when vLLM's CPU build serves them (one process per server, PP across
+servers over gloo): the group is never suggested for them (`smallest_group`, `group_note`), but an operator
+who names one gets its plan, e.g. to prove a group's rollout on machines without GPUs.
+
 The size rule for a group of N servers (`size_problem`): at least 2 servers (one is a plain inference node),
 at most one pipeline stage per layer, and balanced stages. vLLM cuts the layers into stages of floor(L/PP)
 or ceil(L/PP) layers and the pipeline runs at the pace of its largest stage, so a size whose largest stage
@@ -222,27 +226,18 @@ def _check(req: GroupRequest) -> tuple[PlanRequest, str]:
     single = req.single()
     problems: list[Problem] = []
     why = ""
-    if req.profile.is_cpu_only:
+    try:
+        engine, why = single.engine_choice
+    except EngineUnavailableError as exc:
+        engine, why = Engine.BUILTIN, str(exc)
+    if engine is not Engine.VLLM:
         problems.append(
             Problem(
-                PROFILE_KEY,
-                "a serving group spreads a model over servers' GPUs; cpu-only has none",
-                "give the group's servers their GPU profile, or serve a smaller model per node",
+                "deepseek_engine",
+                f"a serving group runs vLLM's multi-node mode, not the {engine.value} engine ({why})",
+                "set deepseek_engine: auto or vllm for the group",
             )
         )
-    else:
-        try:
-            engine, why = single.engine_choice
-        except EngineUnavailableError as exc:
-            engine, why = Engine.BUILTIN, str(exc)
-        if engine is not Engine.VLLM:
-            problems.append(
-                Problem(
-                    "deepseek_engine",
-                    f"a serving group runs vLLM's multi-node mode, not the {engine.value} engine ({why})",
-                    "set deepseek_engine: auto or vllm for the group",
-                )
-            )
     why_not = size_problem(req.model, req.profile, req.servers)
     if why_not:
         problems.append(Problem(SERVERS_KEY, why_not, "put a usable number of servers in the group"))
@@ -262,12 +257,15 @@ def _layout_reason(req: GroupRequest, c: Candidate, inner: int) -> str:
     domain = "NVSwitch" if p.interconnect is Interconnect.NVSWITCH else "NVLink"
     if c.tp > 1:
         tp = f"tp{c.tp} inside each server's {domain} domain (divides the {req.model.heads} attention heads)"
+    elif p.is_cpu_only:
+        tp = "tp1: one CPU engine process per server"
     else:
         tp = "tp1: no NVLink inside a server"
     tp += ", never across servers (an all-reduce per layer over the network would pace every token)"
     stages = f"pp{c.pp}: {req.servers} servers x {inner} stage{'s' if inner > 1 else ''}"
     split = f"{math.floor(req.model.layers / c.pp)}-{math.ceil(req.model.layers / c.pp)} layers each"
-    return f"{tp}; {stages}, {split}, every GPU of every server used"
+    used = "every server used" if p.is_cpu_only else "every GPU of every server used"
+    return f"{tp}; {stages}, {split}, {used}"
 
 
 def handoff_reason(h: Handoff) -> str:
@@ -309,7 +307,9 @@ def plan_group(req: GroupRequest, suggest: bool = True) -> GroupPlan:
     why = [
         *reasons.context_reasons(single),
         f"serving group{' ' + req.name if req.name else ''}: {req.servers} x {req.profile.label}{names}, "
-        f"{req.servers * req.profile.gpu_count} GPUs",
+        f"{req.servers * req.profile.gpu_count} GPUs"
+        if req.profile.gpu_count
+        else "CPUs only (vLLM's CPU build)",
         reasons.hardware_reason(req.profile),
         f"engine {engine_reason}; multi-node: vLLM's multiprocessing backend, one process per server",
     ]

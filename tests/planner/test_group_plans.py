@@ -166,11 +166,24 @@ def test_size_rule() -> None:
     assert "leave a stage without a layer" in (size_problem(v3, H["l40s-48g-x8"], 16) or "")
 
 
-def test_groups_need_vllm_on_gpus() -> None:
-    with pytest.raises(PlannerInputError, match="cpu-only has none"):
-        plan_group(GroupRequest(MODELS["deepseek-r1-distill-qwen-1.5b"], H["cpu-only"], 2))
+def test_groups_need_vllm() -> None:
     with pytest.raises(PlannerInputError, match="runs vLLM's multi-node mode, not the builtin engine"):
         _group("deepseek-r1", "h100-sxm-80g-x8", engine=Engine.BUILTIN)
+    with pytest.raises(PlannerInputError, match="runs vLLM's multi-node mode, not the builtin engine"):
+        _group("deepseek-r1-distill-qwen-1.5b", "cpu-only", engine=Engine.BUILTIN)
+
+
+def test_cpu_servers_form_a_group_only_when_named() -> None:
+    """vLLM's CPU build runs across servers (PP over gloo, one process each): a named group of CPU-only
+    servers is planned; it is never what the planner suggests for a model that does not fit."""
+    g = _group("deepseek-r1-distill-qwen-1.5b", "cpu-only", hosts=("cpu-a", "cpu-b"), name="pair")
+    assert (g.plan.engine, g.plan.tp, g.plan.pp) == (Engine.VLLM, 1, 2)
+    text = "\n".join(g.reasons)
+    assert (
+        "CPUs only (vLLM's CPU build)" in text and "every server used" in text and "GPU of every" not in text
+    )
+    req = GroupRequest(MODELS["deepseek-r1"], H["cpu-only"], 2)
+    assert smallest_group(req) is None
 
 
 def test_latency_goal_plans_the_same_layout() -> None:

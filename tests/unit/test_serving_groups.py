@@ -177,9 +177,15 @@ def test_group_too_small_for_its_model() -> None:
     assert "serving group pair: deepseek-r1 does not fit on 2 x l4-24g-x8; fix: make it" in text
 
 
-def test_cpu_group_and_builtin_engine_are_refused() -> None:
-    hv = _pair(deepseek_hardware_profile="cpu-only", deepseek_model="deepseek-r1-distill-qwen-1.5b")
-    assert "cpu-only has none" in _refused(_inventory({"pair": ["gpu-a", "gpu-b"]}, hv))
+def test_cpu_group_on_the_builtin_engine_is_refused() -> None:
+    hv = _pair(
+        deepseek_hardware_profile="cpu-only",
+        deepseek_model="deepseek-r1-distill-qwen-1.5b",
+        deepseek_engine="builtin",
+    )
+    assert "runs vLLM's multi-node mode, not the builtin engine" in _refused(
+        _inventory({"pair": ["gpu-a", "gpu-b"]}, hv)
+    )
     hv = _pair(deepseek_engine="builtin")
     assert "runs vLLM's multi-node mode, not the builtin engine" in _refused(
         _inventory({"pair": ["gpu-a", "gpu-b"]}, hv)
@@ -269,6 +275,11 @@ def test_provision_plan_shows_the_example_group_per_rank() -> None:
         "vllm rank 1 (worker, ds-h100-12):" in table.stdout
         and "interconnect: each step hands" in table.stdout
     )
+    # The worker's command is what the role runs: the launcher in the engine's virtualenv (plain
+    # `python -m vllm.entrypoints.cli.main` fails on vLLM's CPU build).
+    flat = " ".join(table.stdout.split())
+    assert "/opt/deepseek-node/vllm-venv/bin/deepseek-vllm-serve serve" in flat
+    assert "-m vllm.entrypoints.cli.main" not in flat
 
 
 def test_what_if_group_from_the_command_line() -> None:
