@@ -35,7 +35,7 @@ from deepseek_node.planner.candidates import Candidate, PlanRequest, choose, gib
 from deepseek_node.planner.candidates import _evaluate as evaluate_layout
 from deepseek_node.planner.engines import EngineUnavailableError
 from deepseek_node.planner.enums import Engine, Fit, Goal, Interconnect, Precision
-from deepseek_node.planner.hardware import NETWORK_KEY, PROFILE_KEY, HardwareProfile
+from deepseek_node.planner.hardware import NETWORK_KEY, HardwareProfile
 from deepseek_node.planner.layout import precision_ladder, valid_tp
 from deepseek_node.planner.memory import Workload
 from deepseek_node.planner.models import ModelSpec
