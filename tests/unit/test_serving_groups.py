@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from deepseek_node.cli.main import app
@@ -298,3 +299,11 @@ def test_what_if_group_from_the_command_line() -> None:
         app, ["plan", "--hardware", "h100-sxm-80g-x8", "--model", "deepseek-v3", "--servers", "5"]
     )
     assert bad.exit_code == 2 and "61 layers in 5 pipeline stages" in bad.output
+
+
+def test_workers_start_before_the_heads_readiness_gate() -> None:
+    """A play's hosts go through its tasks together: were the worker's start after the head's gate (which
+    waits for every worker), the head would wait for a worker that never starts."""
+    tasks = yaml.safe_load((REPO / "roles/inference_daemon/tasks/main.yml").read_text())
+    order = [t.get("ansible.builtin.import_tasks") for t in tasks]
+    assert order.index("worker.yml") < order.index("service.yml")
