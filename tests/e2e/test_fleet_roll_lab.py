@@ -104,6 +104,11 @@ def test_a_roll_stops_at_a_node_failing_its_gate_and_rollback_restores(
     def current(name: str) -> str:
         return lab.run(name, f"readlink {store}/current").stdout.strip()
 
+    # test_vllm_lab.py left hosts 2 and 3 a vLLM serving group; out of it, with a bundle that carries no vLLM
+    # build, each now serves alone with the builtin engine: the group's engine units are retired.
+    gone = "test -e /etc/systemd/system/deepseek-node-engine.service || echo gone"
+    assert [lab.run(n, gone).stdout.strip() for n in names] == ["gone"] * FLEET
+
     assert [current(n) for n in names] == [v1] * FLEET
     broken = names[1]
     lab.run(

@@ -1,7 +1,8 @@
 """vLLM behind the gateway on real lab targets, from the bundle alone, as a serving group of two: the
 head (lab host 2) runs the API server with pipeline stage 0 behind the gateway (TLS, keys), the worker (lab
 host 3) runs stage 1 headless; both engines from the bundle's locked wheelhouse in their own hardened units.
-The group's readiness follows the worker; then both hosts switch to the builtin engine on their own. Slow:
+The group's readiness follows the worker (test_fleet_roll_lab.py later takes both out of the group: each
+then serves alone with the builtin engine). Slow:
 the wheelhouse is ~0.9 GB and vLLM's CPU build compiles on its first start on two shared cores."""
 
 from __future__ import annotations
@@ -239,21 +240,3 @@ def test_second_run_changes_nothing(served: dict, lab) -> None:
     _ok(again)
     assert again.changed == 0, {h: s.changed for h, s in again.hosts.items()}
     print(f"\nno-change re-run of the serving group: {again.seconds:.0f} s")
-
-
-def test_both_hosts_switch_to_the_builtin_engine_on_their_own(served: dict, lab) -> None:
-    """Out of the group (the lab's plain inventory), each host serves alone with the builtin engine: the
-    head's and the worker's vLLM units are retired, the worker gains its own gateway."""
-    _ok(served["first"])
-    head, worker = served["host"], served["worker"]
-    names = f"{head.name},{worker.name}"
-    result = _run(
-        lab.inventory_path, names, served["bundle"], served["inventory_dir"], deepseek_engine="builtin"
-    )
-    _ok(result)
-    for host in (head, worker):
-        assert lab.run(host.name, "systemctl is-active deepseek-node").stdout.strip() == "active"
-        gone = "test -e /etc/systemd/system/deepseek-node-engine.service || echo gone"
-        assert lab.run(host.name, gone).stdout.strip() == "gone"
-        ep = endpoint_for(host.address, served["inventory_dir"])
-        assert chat(ep, "Hello again", max_tokens=8).strip()
