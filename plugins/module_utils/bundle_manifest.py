@@ -4,7 +4,7 @@ Standard library only, on purpose: the offline_repo role runs this very file as 
 and (copied) on targets with their system python3, to verify the bundle before anything is installed from
 it. The controller's Python package imports it as deepseek_node.bundle.manifest.
 Usage as a script:
-  python3 bundle_manifest.py verify BUNDLE_DIR [--subset=PREFIX ...] [--json]
+  python3 bundle_manifest.py verify BUNDLE_DIR [--subset=PREFIX ...] [--json] [--manifest-stdin]
   python3 bundle_manifest.py prune BUNDLE_DIR [--subset=PREFIX ...]   (removes what the manifest does not list)
 """
 
@@ -120,14 +120,25 @@ def load_manifest(root: Path) -> dict:
     if path.is_symlink() or not path.is_file():
         raise BundleError(f"{path} is not a regular file: the bundle is damaged; rebuild it or copy it again")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise BundleError(
             f"{path} cannot be read ({exc.strerror or exc}): fix its permissions or copy the bundle again"
         ) from exc
-    except (ValueError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise BundleError(
             f"{path} is not valid JSON ({exc}): the manifest is corrupt; rebuild the bundle"
+        ) from exc
+    return parse_manifest(text, str(path))
+
+
+def parse_manifest(text: str, where: str) -> dict:
+    """A manifest's JSON text checked for its format and every entry; `where` names it in errors."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise BundleError(
+            f"{where} is not valid JSON ({exc}): the manifest is corrupt; rebuild the bundle"
         ) from exc
     fmt = data.get("format") if isinstance(data, dict) else None
     if (
@@ -137,12 +148,12 @@ def load_manifest(root: Path) -> dict:
         or not isinstance(data.get("files"), dict)
     ):
         raise BundleError(
-            f"{path} is not a format-{FORMAT} bundle manifest: rebuild the bundle with this version"
+            f"{where} is not a format-{FORMAT} bundle manifest: rebuild the bundle with this version"
         )
     for rel, entry in data["files"].items():
         if not _entry_ok(rel, entry):
             raise BundleError(
-                f"{path}: entry {rel!r} is malformed (a file entry needs a plain relative path inside the "
+                f"{where}: entry {rel!r} is malformed (a file entry needs a plain relative path inside the "
                 "bundle, a size and a sha256): the manifest is corrupt; rebuild the bundle"
             )
     return data
@@ -180,10 +191,12 @@ class VerifyReport:
         )
 
 
-def verify_bundle(root: Path, subsets: tuple[str, ...] = ()) -> VerifyReport:
-    """Compare the tree with its manifest; `subsets` restricts the check to path prefixes (e.g. 'apt/')."""
+def verify_bundle(root: Path, subsets: tuple[str, ...] = (), manifest: dict | None = None) -> VerifyReport:
+    """Compare the tree with its manifest (or with `manifest`, e.g. the controller's for a tree that holds an
+    older bundle); `subsets` restricts the check to path prefixes (e.g. 'apt/')."""
     root = Path(root)
-    manifest = load_manifest(root)
+    if manifest is None:
+        manifest = load_manifest(root)
     expected: dict[str, dict] = manifest["files"]
 
     def wanted(rel: str) -> bool:
@@ -236,7 +249,7 @@ def prune_bundle(root: Path, subsets: tuple[str, ...]) -> list[str]:
 def _main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] not in ("verify", "prune"):
         print(
-            "usage: bundle_manifest.py verify BUNDLE_DIR [--subset=PREFIX ...] [--json]\n"
+            "usage: bundle_manifest.py verify BUNDLE_DIR [--subset=PREFIX ...] [--json] [--manifest-stdin]\n"
             "       bundle_manifest.py prune BUNDLE_DIR --subset=PREFIX [--subset=PREFIX ...]",
             file=sys.stderr,
         )
@@ -246,7 +259,14 @@ def _main(argv: list[str]) -> int:
         if argv[0] == "prune":
             print(json.dumps({"removed": prune_bundle(Path(argv[1]), subsets)}))
             return 0
-        report = verify_bundle(Path(argv[1]), subsets)
+        # --manifest-stdin: the manifest to compare with comes on stdin (the controller's, before it is
+        # copied: what --check must compare the target's files with).
+        given = (
+            parse_manifest(sys.stdin.read(), "the manifest on stdin")
+            if "--manifest-stdin" in argv[2:]
+            else None
+        )
+        report = verify_bundle(Path(argv[1]), subsets, given)
     except (BundleError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

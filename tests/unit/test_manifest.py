@@ -145,3 +145,19 @@ def test_verify_json_lists_what_a_transfer_would_change(bundle: Path) -> None:
     report = json.loads(out.stdout)
     assert (report["ok"], report["missing"], report["extra"]) == (False, ["apt/a.deb"], ["wheels/evil.whl"])
     assert "FAILED verification" in out.stderr
+
+
+def test_verify_against_a_manifest_on_stdin(bundle: Path) -> None:
+    """What --check compares a target's older bundle with: the controller's newer manifest."""
+    newer = json.loads((bundle / "manifest.json").read_text())
+    newer["files"]["wheels/y.whl"] = {"size": 1, "sha256": "0" * 64}
+    out = subprocess.run(
+        [sys.executable, "-I", m.__file__, "verify", str(bundle), "--json", "--manifest-stdin"],
+        input=json.dumps(newer), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 1 and json.loads(out.stdout)["missing"] == ["wheels/y.whl"]
+    bad = subprocess.run(
+        [sys.executable, "-I", m.__file__, "verify", str(bundle), "--manifest-stdin"],
+        input="{", capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "the manifest on stdin is not valid JSON" in bad.stderr

@@ -146,3 +146,38 @@ def test_bad_kept_sources_fail_before_any_change(tmp_path: Path, keep: object, s
     error = failure(ran)
     assert error and says in error, error
     assert not (tmp_path / "dest").exists() and (apt / "sources.list").exists()
+
+
+def test_check_predicts_the_transfer_and_a_new_bundle_prunes_what_it_no_longer_lists(tmp_path: Path) -> None:
+    """--check says what a transfer would copy and remove without copying or hashing file by file; the
+    real run removes what the previous bundle left, in one step, and then nothing more."""
+    roles = _role_copy(tmp_path)
+    bundle, apt = _bundle(tmp_path), _apt(tmp_path)
+    keep = ["site-mirror.sources"]
+
+    def go(check: bool = False) -> list:
+        ran = run_playbook(
+            tmp_path, _play(tmp_path, bundle, apt, keep), {"node": {}}, check=check, roles_path=roles
+        )
+        assert failure(ran["node"]) is None, failure(ran["node"])
+        return ran["node"]
+
+    first = go(check=True)  # a host with nothing yet
+    assert (
+        "would copy all 3 files"
+        in result(first, "Predict the transfer of the apt repository, wheelhouse and keys")["msg"]
+    )
+    assert not (tmp_path / "dest" / "wheels").exists()
+    go()
+    # A new bundle: one wheel replaced by another.
+    (bundle / "wheels/x-1.0-py3-none-any.whl").unlink()
+    (bundle / "wheels/y-2.0-py3-none-any.whl").write_text("y")
+    write_manifest(bundle, {"apt": {"key": "keys/archive.asc"}})
+    preview = go(check=True)
+    said = result(preview, "Predict the transfer of the apt repository, wheelhouse and keys")
+    assert said["changed"] and "would copy 1 missing and 0 altered files and remove 1" in said["msg"], said
+    assert (tmp_path / "dest/wheels/x-1.0-py3-none-any.whl").exists()  # --check changed nothing
+    applied = go()
+    pruned = result(applied, "Remove files that are not in this bundle")
+    assert pruned["changed"] and not (tmp_path / "dest/wheels/x-1.0-py3-none-any.whl").exists()
+    assert (tmp_path / "dest/wheels/y-2.0-py3-none-any.whl").read_text() == "y"
