@@ -254,12 +254,18 @@ def _check_engines(spec: BundleSpec) -> None:
         engine_target(spec.apt_source.suite)
 
 
+def apt_root(cache: Path, suite: str) -> Path:
+    """The private apt root for a release's bundles: one per release, so that builds for two releases never
+    rewrite each other's sources and lists; the default release keeps the root it always had."""
+    return cache / ("apt-root" if suite == DEFAULT_SUITE else f"apt-root-{suite}")
+
+
 def _controller_apt(spec: BundleSpec, apt: PrivateApt) -> PrivateApt:
     """The bundle's own apt root when it resolves from the same Debian release alone; else one of its own."""
     if spec.controller_source == spec.apt_source:
         return apt
     source = spec.controller_source
-    own = PrivateApt(spec.cache / f"apt-root-{source.suite}", source)
+    own = PrivateApt(spec.cache / f"controller-apt-root-{source.suite}", source)
     own.update()
     return own
 
@@ -292,7 +298,7 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
         )
         wanted = sorted({p for pkgs in packages.values() for p in pkgs} | set(spec.extra_apt_packages))
         progress(f"apt: resolving {len(wanted)} packages and their dependencies ({spec.apt_source.suite})")
-        apt = PrivateApt(spec.cache / "apt-root", spec.apt_source)
+        apt = PrivateApt(apt_root(spec.cache, spec.apt_source.suite), spec.apt_source)
         try:
             apt.update()
             debs = apt.download_closure(wanted, staging / "apt")
@@ -305,7 +311,10 @@ def build_bundle(spec: BundleSpec, progress: Progress = print) -> dict:
 
         progress("wheels: project wheel and the daemon's dependencies")
         requirement = build_wheelhouse(
-            spec.project_root, staging / "wheels", target=SUITE_TARGETS.get(spec.apt_source.suite)
+            spec.project_root,
+            staging / "wheels",
+            target=SUITE_TARGETS.get(spec.apt_source.suite),
+            cache=spec.cache,
         )
         engines = {
             name: build_engine_wheelhouse(

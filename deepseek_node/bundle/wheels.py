@@ -44,32 +44,68 @@ def _pip(args: list[str], what: str, hint: str = "") -> None:
 
 
 def build_wheelhouse(
-    project_root: Path, dest: Path, extra: str = "daemon", target: Target | None = None
+    project_root: Path,
+    dest: Path,
+    extra: str = "daemon",
+    target: Target | None = None,
+    cache: Path | None = None,
 ) -> str:
     """Fill `dest` with wheels for `target`'s Python (default: this interpreter's); returns the requirement
-    string targets install."""
+    string targets install. Wheels for another Python are kept in `cache`/daemon-wheels between builds: for
+    Debian 13's CPython 3.13 they include PyPI's torch, a CUDA build with its NVIDIA libraries (gigabytes)."""
     dest.mkdir(parents=True, exist_ok=True)
     _pip(
         ["wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest), str(project_root)],
         "building the project wheel",
     )
     requirement = f"{PROJECT}[{extra}]=={__version__}"
+    other_python = target is not None and target.python_version != _running_python()
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
-        fh.write("\n".join(controller_pins()) + "\n")
+        fh.write("\n".join(target_constraints(controller_pins(), other_python)) + "\n")
         constraints = fh.name
     try:
-        _pip(
-            [
-                "download", "--quiet", "--only-binary=:all:", "--dest", str(dest),
-                "--find-links", str(dest), "--constraint", constraints, requirement,
-                *(target.pip_args() if target and target.python_version != _running_python() else []),
-            ],
-            f"downloading wheels for {requirement}",
-        )  # fmt: skip
+        if other_python and target is not None and cache is not None:
+            _fetch_closure(requirement, dest, constraints, target, cache / DAEMON_WHEEL_CACHE)
+        else:
+            _pip(
+                [
+                    "download", "--quiet", "--only-binary=:all:", "--dest", str(dest),
+                    "--find-links", str(dest), "--constraint", constraints, requirement,
+                    *(target.pip_args() if target and other_python else []),
+                ],
+                f"downloading wheels for {requirement}",
+            )  # fmt: skip
     finally:
         Path(constraints).unlink(missing_ok=True)
     (dest / "requirements.txt").write_text(requirement + "\n")
     return requirement
+
+
+DAEMON_WHEEL_CACHE = "daemon-wheels"
+_LOCAL_LABEL = re.compile(r"^(?P<public>[^=]+==[^+]+)\+\S+$")
+
+
+def target_constraints(pins: list[str], other_python: bool) -> list[str]:
+    """The controller's versions as constraints for the target's wheels.
+
+    For another Python a local build label goes (torch's `2.13.0+cpu`): such a build is a wheel beside
+    this interpreter only, while the same release's public version exists for every Python. `==2.13.0`
+    still takes a `+cpu` build for the target where one is reachable (PEP 440 ignores the label there)."""
+    if not other_python:
+        return list(pins)
+    return [m["public"] if (m := _LOCAL_LABEL.match(pin)) else pin for pin in pins]
+
+
+def _fetch_closure(requirement: str, dest: Path, constraints: str, target: Target, pool: Path) -> None:
+    """The requirement's closure for the target into `dest`: resolved without downloading, then taken from
+    the pool (downloading only what it lacks); the project's own wheel is already in `dest`."""
+    report = resolve_report(
+        [requirement], target, extra_args=("--find-links", str(dest), "--constraint", constraints)
+    )
+    pins = [p for p in pins_from_report(report)[0] if p.name != canonical(PROJECT)]
+    fetch_wheels(pins, pool, target)
+    for pin in pins:
+        shutil.copyfile(pool / pin.filename, dest / pin.filename)
 
 
 def _running_python() -> str:

@@ -1,4 +1,4 @@
-"""`provision lab up|down|status|ssh`: throwaway Debian 12 targets on this machine (systemd-nspawn)."""
+"""`provision lab up|down|status|ssh`: throwaway Debian 12 or 13 targets on this machine (systemd-nspawn)."""
 
 from __future__ import annotations
 
@@ -20,15 +20,16 @@ if TYPE_CHECKING:
     from deepseek_node.lab import Lab
 
 app = typer.Typer(
-    help="Throwaway Debian 12 target hosts on this machine (systemd-nspawn, needs root).",
+    help="Throwaway Debian 12 (or 13) target hosts on this machine (systemd-nspawn, needs root).",
     no_args_is_help=True,
 )
 console = Console()
 
 
-def _lab() -> Lab:
+def _lab(suite: str | None = None) -> Lab:
     # imported lazily so `provision --help` stays fast
     from deepseek_node.lab import Lab
+    from deepseek_node.lab.rootfs import DEFAULT_SUITE
 
     if os.geteuid() != 0:
         fail("the lab needs root (it mounts overlays and boots containers): run `sudo provision lab ...`")
@@ -36,19 +37,30 @@ def _lab() -> Lab:
     if not any(isinstance(h, RichHandler) for h in logging.getLogger("deepseek_node.lab").handlers):
         handler = RichHandler(console=console, show_time=False, show_path=False, show_level=False)
         logging.getLogger("deepseek_node.lab").addHandler(handler)
-    return Lab()
+    return Lab(suite=suite or DEFAULT_SUITE)
 
 
 @app.command()
 def up(
     hosts: int = typer.Option(1, "--hosts", "-n", min=1, max=254, help="How many target hosts to run."),
     timeout: float = typer.Option(90.0, help="Seconds to wait for sshd on every host."),
+    suite: str = typer.Option(
+        "bookworm",
+        help="Debian release of the targets, as its apt suite: bookworm (Debian 12) or trixie (Debian 13). "
+        "One lab runs one release: `lab down` before switching.",
+    ),
 ) -> None:
-    """Boot N targets (keeps running ones; builds the Debian rootfs once) and write the lab inventory."""
+    """Boot N targets (keeps running ones; builds the release's Debian rootfs once) and write the lab
+    inventory."""
     from deepseek_node.lab import LabError
+    from deepseek_node.lab.rootfs import validate_suite
     from deepseek_node.paths import ProjectNotFound
 
-    lab = _lab()
+    try:
+        validate_suite(suite)  # before the root check: a typo is named whoever runs it
+    except ValueError as exc:
+        fail(f"--suite: {exc}")
+    lab = _lab(suite)
     start = time.monotonic()
     try:
         booted = lab.up(count=hosts, timeout=timeout)

@@ -1,7 +1,7 @@
-"""Throwaway Debian 12 target hosts on this machine (systemd-nspawn), for tests and demos.
+"""Throwaway Debian 12 (or 13) target hosts on this machine (systemd-nspawn), for tests and demos.
 
 from deepseek_node.lab import Lab
-lab = Lab()
+lab = Lab()  # Lab(suite="trixie") for Debian 13
 hosts = lab.up(count=2)
 lab.run("dsn1", "systemctl is-system-running")
 lab.down()

@@ -1,4 +1,6 @@
-"""The Lab: a set of throwaway Debian 12 targets (systemd-nspawn containers) reachable over ssh as root."""
+"""The Lab: a set of throwaway Debian targets (systemd-nspawn containers) reachable over ssh as root.
+
+All hosts of one lab run one Debian release (12 by default, or 13), recorded in its state directory."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from deepseek_node.lab.network import (
     validate_subnet,
     veth_name,
 )
-from deepseek_node.lab.rootfs import ensure_rootfs
+from deepseek_node.lab.rootfs import DEFAULT_SUITE, SUITES, describe, ensure_rootfs, validate_suite
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +92,16 @@ class Lab:
         inventory_dir: Path | None = None,
         prefix: str = "dsn",
         subnet: str = "10.77",
+        suite: str = DEFAULT_SUITE,
     ) -> None:
         validate_prefix(prefix)
         validate_subnet(subnet)
+        validate_suite(suite)
         self.state_dir = Path(state_dir) if state_dir else paths.state_dir() / "lab"
         self._inventory_dir = Path(inventory_dir) if inventory_dir else None
         self.prefix = prefix
         self.subnet = subnet
+        self.suite = suite
 
     # --- paths ---
 
@@ -112,6 +117,10 @@ class Lab:
     @property
     def known_hosts_path(self) -> Path:
         return self.state_dir / "known_hosts"
+
+    @property
+    def suite_path(self) -> Path:
+        return self.state_dir / "suite"
 
     @property
     def _hosts_root(self) -> Path:
@@ -153,8 +162,11 @@ class Lab:
         validate_count(count)
         validate_prefix(self.prefix, count)
         check_prerequisites()
-        rootfs = ensure_rootfs()
+        self._check_suite()  # before the rootfs build: a refused `up` costs nothing
+        rootfs = ensure_rootfs(suite=self.suite)
         with self._locked():
+            self._check_suite()
+            write_atomic(self.suite_path, self.suite + "\n")
             add_guard_route(self.subnet)
             pubkey = hostmod.ensure_client_key(self.key_path)
             wanted = [addressing(self.prefix, self.subnet, i) for i in range(1, count + 1)]
@@ -181,6 +193,22 @@ class Lab:
                 self.inventory_path, render_inventory(wanted, self.key_path.resolve(), self.known_hosts_path)
             )
         return [LabHost(a.name, a.address, a.controller_address, pids[a.name]) for a in wanted]
+
+    def running_suite(self) -> str | None:
+        """The release this lab's hosts run; None when it has none (then `up` may boot any release).
+
+        Hosts from before the release was recorded run the default one."""
+        if not self._existing():
+            return None
+        try:
+            return self.suite_path.read_text().strip() or DEFAULT_SUITE
+        except FileNotFoundError:
+            return DEFAULT_SUITE
+
+    def _check_suite(self) -> None:
+        running = self.running_suite()
+        if running is not None and running != self.suite:
+            raise LabError(suite_conflict(running, self.suite, self.names()))
 
     def down(self) -> None:
         """Stop every host and remove its overlay, mounts and veth link; remove the inventory. Idempotent."""
@@ -450,6 +478,15 @@ class Lab:
             timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
+
+
+def suite_conflict(running: str, wanted: str, hosts: list[str]) -> str:
+    """Why `up` refuses to mix releases in one lab, and the two ways out."""
+    return (
+        f"this lab's hosts ({', '.join(hosts)}) run {describe(running) if running in SUITES else running}, "
+        f"not {describe(wanted)}: one lab runs one release. Run `provision lab down` first, "
+        f"or `provision lab up --suite {running}` to keep them"
+    )
 
 
 def _ip(argv: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""The lab's Debian 12 root filesystem: built once with debootstrap, cached, shared read-only by all hosts."""
+"""The lab's Debian root filesystems (12 by default, or 13): each built once with debootstrap, cached per
+release, shared read-only by all hosts of that release."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from deepseek_node.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-SUITE = "bookworm"
+# apt suite -> the release it names; the lab boots any of these.
+SUITES: dict[str, str] = {"bookworm": "Debian 12", "trixie": "Debian 13"}
+DEFAULT_SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "openssh-server", "python3", "python3-apt", "sudo", "iproute2", "dbus")
-# Bump when apply_fixes() changes so old caches are not reused.
+# Bump when apply_fixes() changes what a built rootfs holds, so old caches are not reused.
 FIXES_VERSION = 4
 # Ansible logs in as this unprivileged user and becomes root with sudo, as on a real fleet.
 LAB_USER = "deploy"
@@ -45,8 +48,21 @@ MASKED_UNITS = (
 )
 
 
-def cache_key() -> str:
-    spec = {"suite": SUITE, "packages": sorted(PACKAGES), "fixes": FIXES_VERSION, "arch": _arch()}
+def validate_suite(suite: str) -> None:
+    if suite not in SUITES:
+        choices = ", ".join(f"{s} ({release})" for s, release in SUITES.items())
+        raise ValueError(f"lab suite {suite!r} is not one the lab can boot: choose {choices}")
+
+
+def describe(suite: str) -> str:
+    """'Debian 13 (trixie)'."""
+    validate_suite(suite)
+    return f"{SUITES[suite]} ({suite})"
+
+
+def cache_key(suite: str = DEFAULT_SUITE) -> str:
+    validate_suite(suite)
+    spec = {"suite": suite, "packages": sorted(PACKAGES), "fixes": FIXES_VERSION, "arch": _arch()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -80,8 +96,8 @@ def default_cache_root() -> Path:
     return cache_dir() / "lab"
 
 
-def rootfs_path(cache_root: Path | None = None) -> Path:
-    return (cache_root or default_cache_root()) / f"rootfs-{SUITE}-{cache_key()}"
+def rootfs_path(cache_root: Path | None = None, suite: str = DEFAULT_SUITE) -> Path:
+    return (cache_root or default_cache_root()) / f"rootfs-{suite}-{cache_key(suite)}"
 
 
 @contextlib.contextmanager
@@ -95,9 +111,10 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure_rootfs(cache_root: Path | None = None) -> Path:
-    """The cached rootfs, built first if missing (aside, then renamed: a crash never leaves half a cache)."""
-    final = rootfs_path(cache_root)
+def ensure_rootfs(cache_root: Path | None = None, suite: str = DEFAULT_SUITE) -> Path:
+    """The suite's cached rootfs, built first if missing (aside, then renamed: a crash never leaves half a
+    cache)."""
+    final = rootfs_path(cache_root, suite)
     if final.is_dir():
         return final
     with _locked(final.parent / ".build.lock"):
@@ -107,7 +124,7 @@ def ensure_rootfs(cache_root: Path | None = None) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
         try:
-            _debootstrap(tmp)
+            _debootstrap(tmp, suite)
             apply_fixes(tmp)
             tmp.rename(final)
         finally:
@@ -116,7 +133,7 @@ def ensure_rootfs(cache_root: Path | None = None) -> Path:
     return final
 
 
-def _debootstrap(target: Path) -> None:
+def _debootstrap(target: Path, suite: str) -> None:
     if shutil.which("debootstrap") is None:
         raise LabError(
             "debootstrap is not installed: apt-get install -y --no-install-recommends debootstrap "
@@ -127,11 +144,11 @@ def _debootstrap(target: Path) -> None:
         "debootstrap",
         "--variant=minbase",
         f"--include={','.join(PACKAGES)}",
-        SUITE,
+        suite,
         str(target),
         mirror,
     ]
-    log.info("building the Debian 12 lab rootfs from %s (once; about a minute)", mirror)
+    log.info("building the %s lab rootfs from %s (once; about a minute)", describe(suite), mirror)
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         detail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
@@ -139,7 +156,7 @@ def _debootstrap(target: Path) -> None:
         if dlog.is_file():
             detail += ["--- debootstrap.log (tail) ---", *dlog.read_text(errors="replace").splitlines()[-15:]]
         raise LabError(
-            f"debootstrap of {SUITE} from {mirror} failed (exit {proc.returncode}):\n"
+            f"debootstrap of {suite} from {mirror} failed (exit {proc.returncode}):\n"
             + "\n".join(detail)
             + f"\nNothing was cached. Check that the mirror is reachable (override it with {MIRROR_ENV}=URL) "
             "and run the command again."
@@ -152,6 +169,19 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
         path.unlink()
     path.write_text(text)
     path.chmod(mode)
+
+
+def air_gap_apt_sources(root: Path) -> None:
+    """Targets are air-gapped: the controller provides their apt repository. An unreachable default source
+    would only make `apt-get update` fail. Debian 13 writes its sources in deb822 form
+    (sources.list.d/debian.sources), Debian 12 in sources.list: both go."""
+    _write(
+        root / "etc/apt/sources.list",
+        "# deepseek-node lab target: air-gapped; apt sources are configured by the controller.\n",
+    )
+    parts = root / "etc/apt/sources.list.d"
+    for source in [*parts.glob("*.list"), *parts.glob("*.sources")]:
+        source.unlink()
 
 
 def apply_fixes(root: Path) -> None:
@@ -169,12 +199,7 @@ def apply_fixes(root: Path) -> None:
     _write(root / "etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     _write(root / "etc/resolv.conf", "nameserver 127.0.0.1\n")
     _write(root / "etc/apt/apt.conf.d/99lab-no-translations", 'Acquire::Languages "none";\n')
-    # Targets are air-gapped: the controller provides their apt repository. An unreachable default source
-    # would only make `apt-get update` fail.
-    _write(
-        root / "etc/apt/sources.list",
-        "# deepseek-node lab target: air-gapped; apt sources are configured by the controller.\n",
-    )
+    air_gap_apt_sources(root)
     # Each host gets its own ed25519 host key at boot time; the shared ones must not survive.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()

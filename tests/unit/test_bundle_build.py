@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deepseek_node.bundle import wheels as w
-from deepseek_node.bundle.build import BundleSpec, _check_model_dir, build_bundle, role_apt_packages
+from deepseek_node.bundle.build import BundleSpec, _check_model_dir, apt_root, build_bundle, role_apt_packages
 from deepseek_node.bundle.manifest import BundleError, sha256_file
 from deepseek_node.cli.main import app
 from deepseek_node.paths import project_root
@@ -289,3 +289,76 @@ def test_unknown_engine_is_refused_before_anything(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="unknown engine"):
         build_bundle(spec, progress=lambda _m: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+# --- wheels for another release's Python ----------------------------------------------------------------
+
+
+def test_another_python_takes_the_public_release_of_a_local_build() -> None:
+    pins = ["numpy==2.4.6", "torch==2.13.0+cpu", "nvidia-ml-py==13.615.71"]
+    assert w.target_constraints(pins, other_python=False) == pins
+    assert w.target_constraints(pins, other_python=True) == [
+        "numpy==2.4.6",
+        "torch==2.13.0",
+        "nvidia-ml-py==13.615.71",
+    ]
+
+
+def test_the_wheelhouse_for_another_python_is_resolved_for_it_and_pooled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian 13's CPython 3.13: resolved for the target with the controller's versions (less torch's +cpu
+    label), taken from the cache's pool; a second build downloads nothing."""
+    src = tmp_path / "index"
+    src.mkdir()
+    torch = _wheel(src, "torch", "2.13.0")
+    torch_sha = sha256_file(torch)
+    own = "deepseek_node-0.1.0-py3-none-any.whl"
+    seen: dict[str, list[str]] = {}
+
+    real_pip = w._pip
+
+    def fake_pip(args: list[str], what: str, hint: str = "") -> None:
+        if args[0] == "wheel":  # the project's own wheel
+            (Path(args[args.index("--wheel-dir") + 1]) / own).write_text("wheel")
+        elif args[:3] == ["download", "--quiet", "--no-deps"]:  # the pool's fetch of pinned URLs
+            real_pip(args, what, hint)
+        else:
+            raise AssertionError(f"pip {args[0]} for another Python: it must resolve, then use the pool")
+
+    def fake_resolve(requirements: list[str], target: w.Target, hint: str = "", extra_args=()) -> dict:
+        seen["requirements"] = list(requirements)
+        seen["python"] = [target.python_version]
+        seen["constraints"] = Path(extra_args[extra_args.index("--constraint") + 1]).read_text().split()
+        return _report(
+            ("deepseek-node", "0.1.0", (tmp_path / own).as_uri(), None),
+            ("torch", "2.13.0", torch.as_uri(), torch_sha),
+        )
+
+    monkeypatch.setattr(w, "_pip", fake_pip)
+    monkeypatch.setattr(w, "resolve_report", fake_resolve)
+    monkeypatch.setattr(w, "controller_pins", lambda: ["torch==2.13.0+cpu", "pyyaml==6.0.4"])
+    monkeypatch.setattr(w, "_running_python", lambda: "3.11")
+    fetched: list[list[str]] = []
+    real_fetch = w.fetch_wheels
+
+    def counting_fetch(pins: list[w.Pin], pool: Path, target: w.Target) -> dict[str, str]:
+        fetched.append([p.filename for p in pins if not (pool / p.filename).is_file()])
+        return real_fetch(pins, pool, target)
+
+    monkeypatch.setattr(w, "fetch_wheels", counting_fetch)
+    trixie, cache = w.SUITE_TARGETS["trixie"], tmp_path / "cache"
+    req = w.build_wheelhouse(project_root(), tmp_path / "a", target=trixie, cache=cache)
+    assert req == "deepseek-node[daemon]==0.1.0" and seen["requirements"] == [req]
+    assert seen["python"] == ["3.13"] and seen["constraints"] == ["torch==2.13.0", "pyyaml==6.0.4"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([own, torch.name, "requirements.txt"])
+    assert (cache / w.DAEMON_WHEEL_CACHE / torch.name).is_file()
+    torch.unlink()  # the source is gone: the second build takes the pool's copy
+    w.build_wheelhouse(project_root(), tmp_path / "b", target=trixie, cache=cache)
+    assert fetched == [[torch.name], []]
+    assert (tmp_path / "b" / torch.name).read_bytes() == (tmp_path / "a" / torch.name).read_bytes()
+
+
+def test_each_release_resolves_in_its_own_apt_root(tmp_path: Path) -> None:
+    assert apt_root(tmp_path, "bookworm") == tmp_path / "apt-root"  # the cache it always had
+    assert apt_root(tmp_path, "trixie") == tmp_path / "apt-root-trixie"

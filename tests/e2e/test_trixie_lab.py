@@ -1,0 +1,147 @@
+"""Debian 13 for real: a trixie lab target converges from a trixie bundle with site.yml, a second run changes
+nothing, and a Debian 12 bundle is refused by preflight before any change, naming both releases.
+
+The target is a lab of its own (one host, its own prefix and subnet): the session's Debian 12 lab is not
+booted for it. Timings are printed (run with -s to see them)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deepseek_node.demo import write_lab_group_vars
+from deepseek_node.lab import Lab
+from deepseek_node.lab.rootfs import ensure_rootfs
+from deepseek_node.runner import RunConfig, RunResult, run
+from tests.lab_fixtures import require_lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+SUITE = "trixie"
+# Overridable like the session lab's; the defaults collide with neither it (dsnt, 10.78) nor the demo's.
+PREFIX = os.environ.get("DEEPSEEK_NODE_TEST_TRIXIE_LAB_PREFIX", "dsnd")
+SUBNET = os.environ.get("DEEPSEEK_NODE_TEST_TRIXIE_LAB_SUBNET", "10.79")
+# What preflight must leave alone when it refuses a bundle: the published bundle and apt/pip's sources.
+SNAPSHOT = "find /srv/deepseek-node /etc/apt /etc/pip.conf -printf '%p %s %T@ %m %u\\n' 2>/dev/null | sort | sha256sum"
+
+
+def _timed(what: str, started: float) -> None:
+    print(f"\n[trixie] {what}: {time.monotonic() - started:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def trixie_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """One Debian 13 host, booted for this module and always torn down."""
+    require_lab()
+    base = tmp_path_factory.mktemp("trixie-lab")
+    inventory_dir = base / "inventory"
+    inventory_dir.mkdir()
+    lab = Lab(
+        state_dir=base / "state", inventory_dir=inventory_dir, prefix=PREFIX, subnet=SUBNET, suite=SUITE
+    )
+    try:
+        started = time.monotonic()
+        ensure_rootfs(suite=SUITE)
+        _timed("rootfs (cached after the first build)", started)
+        started = time.monotonic()
+        lab.up(count=1)
+        _timed("lab up", started)
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="module")
+def trixie_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Debian 13 bundle like the session's `bundle_dir` (no GPU roles, no controller part); its debs and
+    CPython 3.13 wheels are kept in the shared bundle cache, so only the first build downloads them."""
+    from deepseek_node.bundle.apt import archive_source
+    from deepseek_node.bundle.build import BundleSpec, build_bundle
+    from deepseek_node.gpu import GPU_ROLES
+    from deepseek_node.paths import cache_dir, project_root
+    from deepseek_node.tiny_model import tiny_model_cached
+
+    out = tmp_path_factory.mktemp("trixie-bundle") / "bundle"
+    spec = BundleSpec(
+        out=out,
+        project_root=project_root(),
+        model_dir=tiny_model_cached(cache_dir()),
+        model_name="deepseek-tiny",
+        cache=cache_dir() / "bundle",
+        apt_source=archive_source(SUITE),
+        skip_roles=GPU_ROLES,
+        controller=False,
+    )
+    started = time.monotonic()
+    build_bundle(spec, progress=lambda _msg: None)
+    _timed("bundle build", started)
+    return out
+
+
+def _site(lab: Lab, **extravars: str) -> RunResult:
+    inventory_dir = lab.inventory_path.parent
+    return run(
+        RunConfig(
+            inventory=lab.inventory_path,
+            limit=lab.names()[0],
+            extravars=dict(extravars),
+            artifacts_dir=inventory_dir / "runs",
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def converged(trixie_lab: Lab, trixie_bundle: Path) -> RunResult:
+    write_lab_group_vars(trixie_lab.inventory_path.parent, trixie_bundle)
+    started = time.monotonic()
+    result = _site(trixie_lab)
+    _timed(f"first converge (changed={result.changed})", started)
+    return result
+
+
+def _assert_ok(result: RunResult) -> None:
+    assert result.ok, "site.yml failed:\n" + "\n".join(result.failures)
+
+
+def test_a_debian_13_target_converges_from_a_debian_13_bundle(converged: RunResult, trixie_lab: Lab) -> None:
+    _assert_ok(converged)
+    assert converged.changed > 0
+    host = trixie_lab.names()[0]
+    out = trixie_lab.run(
+        host,
+        ". /etc/os-release; echo $VERSION_ID $VERSION_CODENAME; systemctl is-active deepseek-node; "
+        "/opt/deepseek-node/venv/bin/python -c 'import sys; print(sys.version_info[:2])'",
+    ).stdout.split("\n")
+    assert out[0] == "13 trixie"
+    assert out[1] == "active"
+    assert out[2] == "(3, 13)"
+
+
+def test_a_second_run_changes_nothing(converged: RunResult, trixie_lab: Lab) -> None:
+    _assert_ok(converged)
+    started = time.monotonic()
+    again = _site(trixie_lab)
+    _timed("no-change re-run", started)
+    _assert_ok(again)
+    assert again.changed == 0, f"second run changed {again.changed} tasks: {again.artifacts}"
+
+
+def test_a_debian_12_bundle_is_refused_before_any_change(
+    converged: RunResult, trixie_lab: Lab, bundle_dir: Path
+) -> None:
+    # After the converge, so that there is state to leave alone (refused whether or not it succeeded).
+    host = trixie_lab.names()[0]
+    before = trixie_lab.run(host, SNAPSHOT).stdout
+    started = time.monotonic()
+    result = _site(trixie_lab, deepseek_bundle_dir=str(bundle_dir))
+    _timed("refusal run", started)
+    assert not result.ok
+    assert result.changed == 0
+    why = next(f for f in result.failures if "the bundle is for" in f)
+    assert "the bundle is for Debian 12 (amd64, Python 3.11)" in why
+    assert "this host runs Debian 13" in why and "--suite trixie" in why
+    assert trixie_lab.run(host, SNAPSHOT).stdout == before
