@@ -89,3 +89,17 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return RUN_LAST.index(name) + 1 if name in RUN_LAST else 0
 
     items.sort(key=rank)  # stable: everything else keeps its collected order
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the Debian 13 lab test's rootfs and bundle (mostly downloads) in the background at once: they
+    overlap the lab tests before it instead of adding to the session's time."""
+    if session.config.option.collectonly:
+        return
+    if any(item.path.name == "test_trixie_lab.py" for item in session.items):
+        from tests.lab_fixtures import lab_unavailable_reason
+
+        if lab_unavailable_reason() is None:
+            from tests.e2e import test_trixie_lab
+
+            test_trixie_lab.prefetch()
