@@ -388,6 +388,8 @@ class GroupConfig(_Strict):
     # A lost worker leaves the head's engine unable to serve: stop it so its unit restarts it and it
     # waits for the workers to join again.
     restart_engine_on_loss: bool = True
+    # The head's engine unit (a sibling of the gateway's own unit in the same slice).
+    engine_unit: str = Field(default="deepseek-node-engine.service", pattern=r"^[A-Za-z0-9:_.@-]+\.service$")
 
 
 class DaemonConfig(_Strict):

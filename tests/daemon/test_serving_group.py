@@ -5,7 +5,10 @@ again, and /metrics names the group."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,7 +51,6 @@ def test_proc_net_tcp_is_read_as_the_kernel_writes_it() -> None:
     assert v6[1].remote.startswith("fe80::")
     peers = serving_group.connected_peers(v4 + v6)
     assert "10.9.9.12" in peers and "10.9.9.14" in peers and "10.9.9.13" not in peers  # TIME_WAIT is gone
-    assert serving_group.listening_inode(v4, 8080) == 4242
     workers = [WORKER, ("ds-h100-13", "10.9.9.13")]
     missing = serving_group.missing_workers(workers, peers)
     assert missing == [("ds-h100-13", "10.9.9.13")]
@@ -57,20 +59,57 @@ def test_proc_net_tcp_is_read_as_the_kernel_writes_it() -> None:
     )
 
 
-def test_this_hosts_real_connections_and_listener_are_found() -> None:
+def test_this_hosts_real_connections_are_found() -> None:
     server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    client = socket.create_connection(("127.0.0.1", port))
+    client = socket.create_connection(server.getsockname())
     conn, _ = server.accept()
     try:
-        sockets = serving_group.read_sockets()
-        assert "127.0.0.1" in serving_group.connected_peers(sockets)
-        inode = serving_group.listening_inode(sockets, port)
-        assert inode is not None and serving_group.pid_owning(inode) == __import__("os").getpid()
+        assert "127.0.0.1" in serving_group.connected_peers(serving_group.read_sockets())
     finally:
         conn.close()
         client.close()
         server.close()
+
+
+@pytest.mark.parametrize(
+    ("proc_self_cgroup", "root"),
+    [
+        ("0::/system.slice/deepseek-node.service\n", ""),  # cgroup v2
+        (
+            "1:name=systemd:/system.slice/deepseek-node.service\n0::/system.slice/deepseek-node.service\n",
+            "unified",
+        ),
+        ("9:name=systemd:/system.slice/deepseek-node.service\n0::/\n", "systemd"),  # hybrid, units in v1 only
+    ],
+)
+def test_the_engine_units_processes_are_stopped_through_its_cgroup(
+    tmp_path: Path, proc_self_cgroup: str, root: str
+) -> None:
+    """Found through the unit's cgroup (the gateway's sandbox hides other units' /proc/PID/fd); SIGTERM,
+    then SIGKILL for what ignores it."""
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(proc_self_cgroup)
+    roots = [tmp_path / "cg", tmp_path / "cg" / "unified", tmp_path / "cg" / "systemd"]
+    polite = subprocess.Popen(["sleep", "60"])
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"], stdout=subprocess.PIPE)  # fmt: skip
+    assert stubborn.stdout is not None and stubborn.stdout.readline()  # its handler is in place
+    unit_dir = (
+        (tmp_path / "cg" / root if root else tmp_path / "cg")
+        / "system.slice"
+        / "deepseek-node-engine.service"
+    )
+    unit_dir.mkdir(parents=True)
+    (unit_dir / "cgroup.procs").write_text(f"{polite.pid}\n{stubborn.pid}\n")
+    try:
+        assert serving_group.own_slice(proc_self_cgroup) == "/system.slice"
+        stopped = serving_group.stop_unit_processes("deepseek-node-engine.service", 0.5, roots, proc)
+        assert stopped == [polite.pid, stubborn.pid]
+        assert polite.wait(10) == -signal.SIGTERM and stubborn.wait(10) == -signal.SIGKILL
+    finally:
+        for p in (polite, stubborn):
+            p.kill()
+    assert serving_group.stop_unit_processes("other.service", 0.5, roots, proc) == []
 
 
 def test_a_group_needs_vllm_as_its_own_unit(tmp_path: Path, tiny_llama_dir: Path) -> None:
@@ -98,7 +137,7 @@ def head(
         ],
     )
     monkeypatch.setattr(
-        serving_group, "stop_engine", lambda port, proc=None: world["stopped"].append(port) or 1
+        serving_group, "stop_unit_processes", lambda unit, *a, **k: world["stopped"].append(unit) or [1]
     )
     key_file = tmp_path / "engine.key"
     key_file.write_text(f"VLLM_API_KEY={INTERNAL}\n")
@@ -111,7 +150,6 @@ def head(
     )
     d = ThreadedDaemon(cfg).start()
     d.wait_ready(30)
-    world["engine_port"] = int(engine.url.rsplit(":", 1)[1])
     yield d, world
     d.stop()
     engine.stop()
@@ -141,10 +179,10 @@ def test_a_worker_down_makes_the_head_not_ready_naming_it_and_its_return_brings_
         "serving group r1_pair: worker ds-h100-12 (10.9.9.12) is not connected"
         in r.json()["error"]["message"]
     )
-    assert world["stopped"] == [world["engine_port"]], "the head's engine was not restarted"
+    assert world["stopped"] == ["deepseek-node-engine.service"], "the head's engine was not restarted"
     metrics = httpx.get(d.base_url + "/metrics", headers=AUTH).text
     assert 'serving_group_worker_connected{group="r1_pair",worker="ds-h100-12"} 0.0' in metrics
 
     world["peers"] = {WORKER[1]}  # the worker joined the restarted engine
     assert _wait_status(d, 200).status_code == 200
-    assert world["stopped"] == [world["engine_port"]]  # once per loss, not on every check
+    assert world["stopped"] == ["deepseek-node-engine.service"]  # once per loss, not on every check

@@ -226,11 +226,27 @@ def test_a_stopped_worker_makes_the_head_not_ready_and_the_group_comes_back(serv
     finally:
         lab.run(worker, "systemctl start deepseek-node-engine")
     # No manual step: the head's engine restarts and waits for the group to form again.
-    back_s, _ = _wait_ready(ep, 200, READY_TIMEOUT_S)
-    assert chat(ep, "Back again?", max_tokens=4).strip()
+    try:
+        back_s, _ = _wait_ready(ep, 200, READY_TIMEOUT_S)
+        assert chat(ep, "Back again?", max_tokens=4).strip()
+    except Exception as exc:
+        raise AssertionError(f"the group did not come back: {exc}\n{_journals(lab, served)}") from exc
     print(
         f"\nworker stopped: head not ready after {down_s:.0f} s; group ready again {back_s:.0f} s after start"
     )
+
+
+def _journals(lab, served: dict) -> str:
+    """The last lines of the head's gateway and engine and of the worker's engine, for a failure's message."""
+    out = []
+    for host, unit in (
+        (served["host"].name, "deepseek-node"),
+        (served["host"].name, "deepseek-node-engine"),
+        (served["worker"].name, "deepseek-node-engine"),
+    ):
+        log = lab.run(host, f"journalctl -u {unit} --no-pager -o cat -n 40", check=False).stdout
+        out.append(f"--- {host} {unit} ---\n{log}")
+    return "\n".join(out)
 
 
 def test_second_run_changes_nothing(served: dict, lab) -> None:

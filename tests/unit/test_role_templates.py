@@ -255,11 +255,16 @@ def test_the_heads_daemon_config_names_its_workers() -> None:
         .get_template("daemon.yaml.j2")
         .render(
             **daemon_vars,
-            daemon_group={"name": "r1_pair", "workers": [{"key": "gpu-b", "value": "10.9.0.2"}]},
+            daemon_group={
+                "name": "r1_pair",
+                "engine_unit": "deepseek-node-engine.service",
+                "workers": [{"key": "gpu-b", "value": "10.9.0.2"}],
+            },
         )
     )
     cfg = parse_config(yaml.safe_load(text), "rendered daemon.yaml")
     assert cfg.group is not None and cfg.group.name == "r1_pair"
+    assert cfg.group.engine_unit == "deepseek-node-engine.service"
     assert [(w.host, w.address) for w in cfg.group.workers] == [("gpu-b", "10.9.0.2")]
     single = parse_config(yaml.safe_load(_env().get_template("daemon.yaml.j2").render(**daemon_vars)), "x")
     assert single.group is None

@@ -142,9 +142,6 @@ class VllmEngine(RelayEngine):
         peers = serving_group.connected_peers(serving_group.read_sockets())
         return serving_group.missing_workers(((w.host, w.address) for w in self.group.workers), peers)
 
-    def _engine_port(self) -> int | None:
-        return httpx.URL(self._base_url).port
-
     async def _watch(self) -> None:
         t0 = time.monotonic()
         while self._state not in (EngineState.STOPPED,):
@@ -163,14 +160,15 @@ class VllmEngine(RelayEngine):
                 self.load_error = serving_group.describe_missing(self.group.name, missing)
                 if lost:
                     log.error("%s", self.load_error)
-                    port = self._engine_port()
-                    if self.group.restart_engine_on_loss and port is not None:
-                        pid = await asyncio.to_thread(serving_group.stop_engine, port)
-                        if pid is not None:
+                    if self.group.restart_engine_on_loss:
+                        unit = self.group.engine_unit
+                        pids = await asyncio.to_thread(serving_group.stop_unit_processes, unit)
+                        if pids:
                             log.warning(
-                                "stopped the head's engine (pid %d): it restarts and waits for "
-                                "the group to form again",
-                                pid,
+                                "stopped the head's engine (%s, pids %s): it restarts and waits for the "
+                                "group to form again",
+                                unit,
+                                " ".join(map(str, pids)),
                             )
                     t0 = time.monotonic()
             elif ok and self._state is not EngineState.READY:

@@ -8,15 +8,20 @@ is down, and readiness names it. The head's engine cannot continue without the s
 stopped at once (its unit restarts it and it waits for every worker to join again): a worker that comes
 back brings the group back without a manual step.
 
-Reading /proc/net/tcp{,6} is Linux's own account of this host's connections; the parsing is pure.
+Reading /proc/net/tcp{,6} is Linux's own account of this host's connections; the parsing is pure. The
+engine's processes are found through its unit's cgroup, not /proc/PID/fd: the gateway's sandbox
+(PrivateUsers, ProtectProc=invisible) hides other units' file descriptors, while cgroup.procs stays
+readable and a signal to a process of the same user is allowed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +29,6 @@ from pathlib import Path
 log = logging.getLogger("deepseek_node.engine.vllm.group")
 
 _ESTABLISHED = "01"
-_LISTEN = "0A"
 
 
 def _address(hex_addr: str) -> str:
@@ -82,14 +86,6 @@ def describe_missing(group: str, missing: list[tuple[str, str]]) -> str:
     return f"serving group {group}: worker {names} {verb} not connected to the head's engine"
 
 
-def listening_inode(sockets: Iterable[Socket], port: int) -> int | None:
-    """The inode of the loopback/any-address socket listening on `port`, if any."""
-    for s in sockets:
-        if s.state == _LISTEN and s.local_port == port:
-            return s.inode
-    return None
-
-
 # -- effects (thin)
 
 
@@ -103,32 +99,64 @@ def read_sockets(proc: Path = Path("/proc")) -> list[Socket]:
     return sockets
 
 
-def pid_owning(inode: int, proc: Path = Path("/proc")) -> int | None:
-    """The process holding socket `inode` among the processes this user may inspect (the engine runs as
-    the gateway's user)."""
-    target = f"socket:[{inode}]"
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            for fd in (entry / "fd").iterdir():
-                if os.readlink(fd) == target:
-                    return int(entry.name)
-        except OSError:
-            continue
+# Where a unit's cgroup lives: the unified hierarchy (cgroup v2), or on a hybrid system its v2 mount or
+# systemd's own v1 hierarchy.
+CGROUP_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"))
+
+
+def own_slice(proc_self_cgroup: str) -> str | None:
+    """The slice holding this process's unit ('/system.slice'), from /proc/self/cgroup: the unified line
+    ('0::/system.slice/x.service'), else systemd's v1 line ('1:name=systemd:/...')."""
+    paths = {}
+    for line in proc_self_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            paths[parts[1]] = parts[2]
+    for path in (paths.get(""), paths.get("name=systemd")):
+        # On a hybrid system the unified line may say only "/": units live in systemd's v1 hierarchy.
+        if path and "/" in path.strip("/"):
+            return path.rsplit("/", 1)[0]
     return None
 
 
-def stop_engine(port: int, proc: Path = Path("/proc")) -> int | None:
-    """SIGTERM to the process listening on the engine's port (its unit restarts it); its PID or None."""
-    inode = listening_inode(read_sockets(proc), port)
-    pid = pid_owning(inode, proc) if inode is not None else None
-    if pid is None:
-        log.warning("no process of this user listens on the engine port %d: nothing to restart", port)
-        return None
+def unit_pids(unit: str, roots: Iterable[Path] = CGROUP_ROOTS, proc: Path = Path("/proc")) -> list[int]:
+    """PIDs in `unit`'s cgroup (a sibling of this process's own unit), from the first hierarchy that has it."""
     try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError as exc:
-        log.error("cannot stop the engine (pid %d): %s", pid, exc.strerror or exc)
-        return None
-    return pid
+        slice_ = own_slice((proc / "self" / "cgroup").read_text())
+    except OSError:
+        slice_ = None
+    if slice_ is None:
+        return []
+    for root in roots:
+        try:
+            text = (root / slice_.lstrip("/") / unit / "cgroup.procs").read_text()
+        except OSError:
+            continue
+        return [int(pid) for pid in text.split()]
+    return []
+
+
+def stop_unit_processes(
+    unit: str, grace_s: float = 10.0, roots: Iterable[Path] = CGROUP_ROOTS, proc: Path = Path("/proc")
+) -> list[int]:
+    """SIGTERM to every process of `unit` (its unit restarts it), SIGKILL to those still there after
+    `grace_s`: an engine that lost a pipeline stage can hang in its own shutdown. The PIDs signalled."""
+    roots = tuple(roots)
+    pids = unit_pids(unit, roots, proc)
+    if not pids:
+        log.warning("found no process of %s to stop (its cgroup is not readable from here)", unit)
+        return []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except PermissionError as exc:
+                log.error("cannot stop %s (pid %d): %s", unit, pid, exc.strerror or exc)
+                return []
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and set(unit_pids(unit, roots, proc)) & set(pids):
+        time.sleep(0.5)
+    for pid in set(unit_pids(unit, roots, proc)) & set(pids):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
