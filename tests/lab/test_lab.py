@@ -22,6 +22,12 @@ pytestmark = pytest.mark.lab
 BASE_UNITS = {"ssh.service", "systemd-networkd.service", "systemd-journald.service", "dbus.service"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _session_hosts(lab: Lab) -> None:
+    """The session lab as it boots, two hosts: end-to-end files before this one may have booted a third."""
+    lab.up(count=LAB_HOSTS)
+
+
 def _hosts(lab: Lab) -> list[LabHost]:
     hosts = lab.hosts()
     assert [h.name for h in hosts] == [f"{LAB_PREFIX}{i}" for i in range(1, LAB_HOSTS + 1)]
