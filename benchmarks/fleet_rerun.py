@@ -22,13 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deepseek_node.bundle.build import BundleSpec, build_bundle  # noqa: E402
-from deepseek_node.demo import write_lab_group_vars  # noqa: E402
-from deepseek_node.gpu import GPU_ROLES  # noqa: E402
+from deepseek_node.bundle.build import build_bundle  # noqa: E402
+from deepseek_node.demo import lab_bundle_spec, write_lab_group_vars  # noqa: E402
 from deepseek_node.lab import Lab  # noqa: E402
-from deepseek_node.paths import cache_dir  # noqa: E402
 from deepseek_node.runner import RunConfig, RunResult, run  # noqa: E402
-from deepseek_node.tiny_model import tiny_model_cached  # noqa: E402
 
 
 def _site(lab: Lab, limit: str, runs: Path) -> RunResult:
@@ -57,15 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         hosts = lab.up(count=args.hosts)
         bundle = work / "bundle"
         build_bundle(
-            BundleSpec(
-                out=bundle,
-                project_root=REPO,
-                model_dir=tiny_model_cached(cache_dir()),
-                model_name="deepseek-tiny",
-                cache=cache_dir() / "bundle",
-                skip_roles=GPU_ROLES,
-                controller=False,
-            ),
+            lab_bundle_spec(bundle, controller=False),
             progress=lambda msg: print(f"  {msg}", file=sys.stderr),
         )
         write_lab_group_vars(inventory_dir, bundle)

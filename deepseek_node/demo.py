@@ -10,12 +10,15 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from deepseek_node.gpu import GPU_ROLES
 from deepseek_node.paths import cache_dir, project_root
+
+if TYPE_CHECKING:
+    from deepseek_node.bundle.build import BundleSpec
 
 DAEMON_PORT = 8443
 Say = Callable[[str], None]
@@ -72,20 +75,27 @@ def write_lab_group_vars(inventory_dir: Path, bundle_dir: Path) -> Path:
     return path
 
 
-def build_demo_bundle(out: Path, say: Say) -> Path:
-    from deepseek_node.bundle.build import BundleSpec, build_bundle
+def lab_bundle_spec(out: Path, **overrides: Any) -> BundleSpec:
+    """A bundle for lab targets: the cached tiny model, the shared bundle cache, no GPU stack (the lab has
+    no GPUs: its packages are about 1.7 GiB). `overrides` are other BundleSpec fields."""
+    from deepseek_node.bundle.build import BundleSpec
     from deepseek_node.tiny_model import tiny_model_cached
 
-    spec = BundleSpec(
-        out=out,
-        project_root=project_root(),
-        model_dir=tiny_model_cached(cache_dir()),
-        model_name="deepseek-tiny",
-        cache=cache_dir() / "bundle",
-        # The lab has no GPUs: leave the GPU stack's packages (about 1.7 GiB) out of the demo bundle.
-        skip_roles=GPU_ROLES,
-    )
-    build_bundle(spec, progress=say)
+    fields: dict[str, Any] = {
+        "out": out,
+        "project_root": project_root(),
+        "model_dir": tiny_model_cached(cache_dir()),
+        "model_name": "deepseek-tiny",
+        "cache": cache_dir() / "bundle",
+        "skip_roles": GPU_ROLES,
+    }
+    return BundleSpec(**(fields | overrides))
+
+
+def build_demo_bundle(out: Path, say: Say) -> Path:
+    from deepseek_node.bundle.build import build_bundle
+
+    build_bundle(lab_bundle_spec(out), progress=say)
     return out
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from deepseek_node.demo import write_lab_group_vars
+from deepseek_node.demo import lab_bundle_spec, write_lab_group_vars
 from deepseek_node.lab import Lab
 from deepseek_node.lab.rootfs import ensure_rootfs
 from deepseek_node.runner import RunConfig, RunResult, run
@@ -61,21 +61,9 @@ def _build_bundle(out: Path) -> None:
     """A Debian 13 bundle like the session's `bundle_dir` (no GPU roles, no controller part); its debs and
     CPython 3.13 wheels are kept in the shared bundle cache, so only the first build downloads them."""
     from deepseek_node.bundle.apt import archive_source
-    from deepseek_node.bundle.build import BundleSpec, build_bundle
-    from deepseek_node.gpu import GPU_ROLES
-    from deepseek_node.paths import cache_dir, project_root
-    from deepseek_node.tiny_model import tiny_model_cached
+    from deepseek_node.bundle.build import build_bundle
 
-    spec = BundleSpec(
-        out=out,
-        project_root=project_root(),
-        model_dir=tiny_model_cached(cache_dir()),
-        model_name="deepseek-tiny",
-        cache=cache_dir() / "bundle",
-        apt_source=archive_source(SUITE),
-        skip_roles=GPU_ROLES,
-        controller=False,
-    )
+    spec = lab_bundle_spec(out, apt_source=archive_source(SUITE), controller=False)
     build_bundle(spec, progress=lambda _msg: None)
 
 
